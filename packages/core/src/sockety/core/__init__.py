@@ -1,0 +1,68 @@
+"""sockety.core: the Sockety protocol without I/O, and the API both peers share."""
+
+from ._connection import Connection
+from ._constants import MAX_CHANNELS, MAX_FAST_REPLY_CODE, FastReply, PacketType
+from ._errors import (
+    AbortedError,
+    ConnectionClosedError,
+    ConnectionLostError,
+    FileSizeError,
+    GoingAwayError,
+    LocalProtocolError,
+    ProtocolError,
+    ProtocolErrorKind,
+    RemoteProtocolError,
+    ResponseTimeoutError,
+    SocketyError,
+)
+from ._events import (
+    Aborted,
+    ConnectionClosed,
+    ConnectionOpened,
+    Event,
+    FastReplyReceived,
+    FileChunkReceived,
+    FileEnded,
+    FileHeader,
+    GoAwayReceived,
+    HeartbeatReceived,
+    MessageReceived,
+    ResponseReceived,
+    StreamChunkReceived,
+    StreamEnded,
+)
+from ._ids import new_id
+
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_FAST_REPLY_CODE",
+    "Aborted",
+    "AbortedError",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionLostError",
+    "ConnectionOpened",
+    "Event",
+    "FastReply",
+    "FastReplyReceived",
+    "FileChunkReceived",
+    "FileEnded",
+    "FileHeader",
+    "FileSizeError",
+    "GoAwayReceived",
+    "GoingAwayError",
+    "HeartbeatReceived",
+    "LocalProtocolError",
+    "MessageReceived",
+    "PacketType",
+    "ProtocolError",
+    "ProtocolErrorKind",
+    "RemoteProtocolError",
+    "ResponseReceived",
+    "ResponseTimeoutError",
+    "SocketyError",
+    "StreamChunkReceived",
+    "StreamEnded",
+    "new_id",
+]

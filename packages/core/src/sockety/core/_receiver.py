@@ -1,0 +1,751 @@
+"""The receiving half of a connection: an incremental packet parser and one state machine per
+channel.
+
+Rules (PROTOCOL.md §2-§6 and Decisions 1, 4, 5, 7, 8). Anything not allowed here raises
+:class:`RemoteProtocolError` and fails the connection for good.
+
+Connection
+    * The stream opens with the peer's connection header: ``E0`` | ``E1 n`` | ``E2 n n`` | ``E3``
+      (bits 3-2 zero). ``E1 00`` reads as 256 (Decision 5); ``E2`` takes 1..4096.
+    * Then packets. Switch Channel sets the channel later packets are bound to; a channel id at or
+      above the number of channels *we* announced is an error. Fast Reply, Heartbeat and Go Away
+      may come anywhere and do not touch the channel. Type ``1111`` is an error, and so are set bits
+      that a packet type defines as zero.
+
+Channel: ``IDLE -> HEADER -> BODY -> IDLE``
+    IDLE
+        Message or Response starts an exchange: -> HEADER, or straight on when its header is
+        complete in that packet. Every other channel-bound packet is an error.
+    HEADER
+        Only Continue (more header bytes) or Abort. A header longer than ``max_header_size``, a
+        field over a limit, or bytes beyond the header's end are errors.
+    BODY
+        * Data, while declared data remains (never more than declared).
+        * Stream, if the stream bit was set, the data is complete, and no Stream End came yet.
+        * File for an index below the file count, once the data is complete, never past the file's
+          declared size nor after its File End. File End once exactly the declared size arrived.
+        * Abort ends the exchange at once (Decision 1).
+        The exchange is reported (Message/ResponseReceived) when its header and data are complete,
+        and the channel returns to IDLE when, besides, every file ended and the stream ended.
+    A Message or Response on a channel that is not IDLE is an error (``CHANNEL_BUSY``).
+
+Memory stays bounded: a partial packet is kept only up to its size (headers are limited by
+``max_header_size``, other packets stream their payload through), and data being assembled is
+limited per message (``max_data_size``) and in total (``max_buffered_bytes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import ProtocolErrorKind, RemoteProtocolError
+from ._events import (
+    Aborted,
+    ConnectionClosed,
+    ConnectionOpened,
+    FastReplyReceived,
+    FileChunkReceived,
+    FileEnded,
+    FileHeader,
+    GoAwayReceived,
+    HeartbeatReceived,
+    MessageReceived,
+    ResponseReceived,
+    StreamChunkReceived,
+    StreamEnded,
+)
+
+__all__ = ["Receiver"]
+
+K = ProtocolErrorKind
+_SIZE_WIDTHS = (1, 2, 3, 4)  # AA bits of a packet size
+_DATA_WIDTHS = (0, 1, 2, 6)  # DD bits of a header
+_COUNT_WIDTHS = (0, 1, 2, 3)  # EE bits
+_TOTAL_WIDTHS = (2, 3, 4, 6)  # FF bits
+_FILE_SIZE_WIDTHS = (1, 2, 3, 6)  # AA bits of a file header
+_INDEX_WIDTHS = (0, 1, 2, 3)  # BB bits of File / File End
+
+_DATA, _STREAM, _FILE = 0, 1, 2
+
+
+class _Incomplete(Exception):
+    """Raised inside the header parser when more header bytes are needed."""
+
+
+class _Incoming:
+    """One Message or Response being received on a channel."""
+
+    __slots__ = (
+        "action",
+        "data",
+        "data_left",
+        "data_size",
+        "expects_response",
+        "file_left",
+        "files",
+        "files_open",
+        "has_stream",
+        "header",
+        "id",
+        "is_response",
+        "parent_id",
+        "stream_open",
+    )
+
+    def __init__(self, is_response: bool, expects_response: bool, has_stream: bool) -> None:
+        self.is_response = is_response
+        self.expects_response = expects_response
+        self.has_stream = has_stream
+        self.stream_open = has_stream
+        self.header: bytearray | None = None  # header bytes while it is incomplete
+        self.id = b""
+        self.parent_id = b""
+        self.action = ""
+        self.files: tuple[FileHeader, ...] = ()
+        self.file_left: list[int] = []  # bytes still expected per file; -1 once ended
+        self.files_open = 0
+        self.data_size = 0
+        self.data_left = 0
+        self.data: bytearray | None = None
+
+
+class Receiver:
+    """Parses the peer's bytes into events. Mixed into :class:`~sockety.core.Connection`."""
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        max_action_size: int,
+        max_data_size: int,
+        max_files: int,
+        max_header_size: int,
+        max_buffered_bytes: int,
+    ) -> None:
+        self._in_channels = channels
+        self._max_action_size = max_action_size
+        self._max_data_size = max_data_size
+        self._max_files = max_files
+        self._max_header_size = max_header_size
+        self._max_buffered_bytes = max_buffered_bytes
+        self._error: RemoteProtocolError | None = None
+        self._peer_channels = 0  # 0 until the peer's connection header is read
+        self._pending = bytearray()  # unconsumed bytes of a partial packet
+        self._need = 0  # how many bytes _pending must hold before parsing can go on
+        self._channel = 0  # current read channel
+        self._incoming: list[_Incoming | None] = [None] * channels
+        self._buffered = 0  # bytes of data being assembled, over all channels
+        # A packet whose payload is split over several receive_data() calls:
+        self._payload_left = 0
+        self._payload_kind = _DATA
+        self._payload_index = 0
+        self._payload_target: _Incoming | None = None
+        self._handlers = (
+            self._on_switch_low,
+            self._on_switch_high,
+            self._on_message,
+            self._on_fast_reply_low,
+            self._on_fast_reply_high,
+            self._on_response,
+            self._on_continue,
+            self._on_stream,
+            self._on_stream_end,
+            self._on_abort,
+            self._on_heartbeat,
+            self._on_go_away,
+            self._on_file,
+            self._on_file_end,
+            self._on_data,
+            self._on_invalid,
+        )
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def peer_channels(self) -> int:
+        """How many channels the peer receives on; 0 until its connection header arrived."""
+        return self._peer_channels
+
+    @property
+    def receiving(self) -> int:
+        """How many incoming exchanges are unfinished (header, data, files or stream pending)."""
+        return sum(1 for incoming in self._incoming if incoming is not None)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Feed bytes from the peer; returns the events they complete, in order.
+
+        Raises :class:`RemoteProtocolError` on the first violation; its ``events`` attribute holds
+        the events decoded before it, and every later call raises the same error.
+        """
+        if self._error is not None:
+            raise self._error
+        pending = self._pending
+        if pending:
+            pending += data
+            if len(pending) < self._need:
+                return []
+            buf = bytes(pending)
+            pending.clear()
+        elif type(data) is bytes:
+            buf = data
+        else:
+            buf = bytes(data)
+        events: list[Any] = []
+        try:
+            self._parse(buf, events)
+        except RemoteProtocolError as error:
+            error.events = events
+            self._fail(error)
+            raise
+        return events
+
+    def receive_eof(self) -> list[Any]:
+        """The peer closed its side; reports whether that happened at a clean boundary."""
+        clean = (
+            self._error is None
+            and not self._pending
+            and not self._payload_left
+            and not any(self._incoming)
+        )
+        return [ConnectionClosed(clean)]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _fail(self, error: RemoteProtocolError) -> None:
+        self._error = error
+        self._incoming = [None] * self._in_channels
+        self._payload_left = 0
+
+    def _parse(self, buf: bytes, events: list[Any]) -> None:
+        pos = 0
+        n = len(buf)
+        if self._payload_left:
+            pos = self._take_payload(buf, 0, n, self._payload_left, events)
+        elif not self._peer_channels:
+            pos = self._read_connection_header(buf, events)
+            if pos < 0:
+                return
+        handlers = self._handlers
+        while pos < n:
+            b = buf[pos]
+            new = handlers[b >> 4](buf, pos, n, b, events)
+            if new < 0:  # incomplete: -new is how many bytes the packet needs
+                self._pending += buf[pos:]
+                self._need = -new
+                return
+            pos = new
+
+    def _read_connection_header(self, buf: bytes, events: list[Any]) -> int:
+        b = buf[0]
+        if b & 0xFC != 0xE0:
+            raise RemoteProtocolError(K.BAD_CONNECTION_HEADER, f"bad connection header {b:#04x}")
+        width = b & 3
+        need = 1 + (1 if width == 1 else 2 if width == 2 else 0)
+        if len(buf) < need:
+            self._pending += buf
+            self._need = need
+            return -1
+        if width == 0:
+            channels = 1
+        elif width == 1:
+            channels = buf[1] or 256  # Decision 5: the reference writes 256 as E1 00
+        elif width == 2:
+            channels = buf[1] | buf[2] << 8
+            if not 1 <= channels <= 4096:
+                raise RemoteProtocolError(
+                    K.BAD_CONNECTION_HEADER, f"peer announced {channels} channels"
+                )
+        else:
+            channels = 4096
+        self._peer_channels = channels
+        events.append(ConnectionOpened(channels, self._on_peer_header(channels)))
+        return need
+
+    def _on_peer_header(self, channels: int) -> int:
+        """Told when the peer's header arrived; returns how many channels we send on."""
+        raise NotImplementedError  # provided by the sender half
+
+    def _on_peer_go_away(self) -> tuple[bytes, ...]:
+        """Told when the peer sent Go Away; returns the ids of messages that will not be sent."""
+        raise NotImplementedError  # provided by the sender half
+
+    def _sized(self, buf: bytes, pos: int, n: int, b: int) -> tuple[int, int]:
+        """Reads the size field of a sized packet: (size, position after it) or (-need, 0)."""
+        aa = (b >> 2) & 3
+        if aa == 0:
+            if pos + 2 > n:
+                return -2, 0
+            return buf[pos + 1], pos + 2
+        width = _SIZE_WIDTHS[aa]
+        end = pos + 1 + width
+        if end > n:
+            return -(1 + width), 0
+        return int.from_bytes(buf[pos + 1 : end], "little"), end
+
+    def _current(self, name: str) -> _Incoming:
+        incoming = self._incoming[self._channel]
+        if incoming is None:
+            raise RemoteProtocolError(
+                K.UNEXPECTED_PACKET,
+                f"{name} on channel {self._channel} with no message in progress",
+                channel=self._channel,
+            )
+        return incoming
+
+    # Packet handlers: return the position after the packet, or -(bytes the packet needs).
+
+    def _on_switch_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        channel = b & 0x0F
+        if channel >= self._in_channels:
+            raise RemoteProtocolError(
+                K.CHANNEL_OUT_OF_RANGE,
+                f"switch to channel {channel}, but we receive on {self._in_channels}",
+                channel=channel,
+            )
+        self._channel = channel
+        return pos + 1
+
+    def _on_switch_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if pos + 2 > n:
+            return -2
+        channel = (b & 0x0F) << 8 | buf[pos + 1]
+        if channel >= self._in_channels:
+            raise RemoteProtocolError(
+                K.CHANNEL_OUT_OF_RANGE,
+                f"switch to channel {channel}, but we receive on {self._in_channels}",
+                channel=channel,
+            )
+        self._channel = channel
+        return pos + 2
+
+    def _on_fast_reply_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        end = pos + 17
+        if end > n:
+            return -17
+        events.append(FastReplyReceived(buf[pos + 1 : end], b & 0x0F))
+        return end
+
+    def _on_fast_reply_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        end = pos + 18
+        if end > n:
+            return -18
+        events.append(FastReplyReceived(buf[pos + 2 : end], (b & 0x0F) << 8 | buf[pos + 1]))
+        return end
+
+    def _on_message(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        return self._start(buf, pos, n, b, events, False)
+
+    def _on_response(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        return self._start(buf, pos, n, b, events, True)
+
+    def _start(
+        self, buf: bytes, pos: int, n: int, b: int, events: list[Any], is_response: bool
+    ) -> int:
+        size, start = self._sized(buf, pos, n, b)
+        if size < 0:
+            return size
+        if size > self._max_header_size:
+            raise RemoteProtocolError(
+                K.LIMIT_EXCEEDED,
+                f"header of {size} bytes is over max_header_size={self._max_header_size}",
+                channel=self._channel,
+            )
+        end = start + size
+        if end > n:
+            return pos - end
+        channel = self._channel
+        if self._incoming[channel] is not None:
+            raise RemoteProtocolError(
+                K.CHANNEL_BUSY,
+                f"{'response' if is_response else 'message'} started on busy channel {channel}",
+                channel=channel,
+            )
+        incoming = _Incoming(is_response, bool(b & 1), bool(b & 2))
+        self._incoming[channel] = incoming
+        header = buf[start:end]
+        if not self._read_header(incoming, header):
+            incoming.header = bytearray(header)
+        elif incoming.data_left == 0:
+            self._announce(incoming, events, b"")
+        return end
+
+    def _on_continue(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b & 3:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Continue byte {b:#04x}")
+        size, start = self._sized(buf, pos, n, b)
+        if size < 0:
+            return size
+        incoming = self._current("Continue")
+        header = incoming.header
+        if header is None:
+            raise RemoteProtocolError(
+                K.UNEXPECTED_PACKET,
+                f"Continue on channel {self._channel} after the header was complete",
+                channel=self._channel,
+            )
+        if len(header) + size > self._max_header_size:
+            raise RemoteProtocolError(
+                K.LIMIT_EXCEEDED,
+                f"header over max_header_size={self._max_header_size}",
+                channel=self._channel,
+            )
+        end = start + size
+        if end > n:
+            return pos - end
+        header += buf[start:end]
+        if self._read_header(incoming, bytes(header)):
+            incoming.header = None
+            if incoming.data_left == 0:
+                self._announce(incoming, events, b"")
+        return end
+
+    def _on_data(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b & 3:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Data byte {b:#04x}")
+        size, start = self._sized(buf, pos, n, b)
+        if size < 0:
+            return size
+        incoming = self._body("Data")
+        if size > incoming.data_left or not incoming.data_left:
+            raise RemoteProtocolError(
+                K.DATA_OVERFLOW,
+                f"{size} data bytes, but only {incoming.data_left} more were declared",
+                channel=self._channel,
+            )
+        if size == incoming.data_size and start + size <= n:
+            # The whole data in one packet, already here: the common, fast case.
+            end = start + size
+            incoming.data_left = 0
+            self._announce(incoming, events, buf[start:end])
+            return end
+        if incoming.data is None:
+            if self._buffered + incoming.data_size > self._max_buffered_bytes:
+                raise RemoteProtocolError(
+                    K.LIMIT_EXCEEDED,
+                    f"data being received is over max_buffered_bytes={self._max_buffered_bytes}",
+                    channel=self._channel,
+                )
+            self._buffered += incoming.data_size
+            incoming.data = bytearray(incoming.data_size)
+        self._payload_kind = _DATA
+        self._payload_target = incoming
+        return self._take_payload(buf, start, n, size, events)
+
+    def _on_stream(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b & 3:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Stream byte {b:#04x}")
+        size, start = self._sized(buf, pos, n, b)
+        if size < 0:
+            return size
+        incoming = self._body("Stream")
+        self._check_stream(incoming, "Stream")
+        self._payload_kind = _STREAM
+        self._payload_target = incoming
+        return self._take_payload(buf, start, n, size, events)
+
+    def _on_stream_end(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b != 0x80:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Stream End byte {b:#04x}")
+        incoming = self._body("Stream End")
+        self._check_stream(incoming, "Stream End")
+        incoming.stream_open = False
+        events.append(StreamEnded(self._channel, incoming.id))
+        if not incoming.files_open:
+            self._incoming[self._channel] = None
+        return pos + 1
+
+    def _on_file(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        size, start = self._sized(buf, pos, n, b)
+        if size < 0:
+            return size
+        width = _INDEX_WIDTHS[b & 3]
+        end = start + width
+        if end > n:
+            return pos - end
+        index = int.from_bytes(buf[start:end], "little") if width else 0
+        incoming = self._body("File")
+        left = self._check_file(incoming, index, "File")
+        if size > left:
+            raise RemoteProtocolError(
+                K.FILE_SIZE_MISMATCH,
+                f"{size} bytes for file {index}, but only {left} more were declared",
+                channel=self._channel,
+            )
+        incoming.file_left[index] = left - size
+        self._payload_kind = _FILE
+        self._payload_index = index
+        self._payload_target = incoming
+        return self._take_payload(buf, end, n, size, events)
+
+    def _on_file_end(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b & 0x0C:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad File End byte {b:#04x}")
+        width = _INDEX_WIDTHS[b & 3]
+        end = pos + 1 + width
+        if end > n:
+            return pos - end
+        index = int.from_bytes(buf[pos + 1 : end], "little") if width else 0
+        incoming = self._body("File End")
+        left = self._check_file(incoming, index, "File End")
+        if left:
+            raise RemoteProtocolError(
+                K.FILE_SIZE_MISMATCH,
+                f"file {index} ended {left} bytes short of its declared size",
+                channel=self._channel,
+            )
+        incoming.file_left[index] = -1
+        incoming.files_open -= 1
+        events.append(FileEnded(self._channel, incoming.id, index))
+        if not incoming.files_open and not incoming.stream_open:
+            self._incoming[self._channel] = None
+        return end
+
+    def _on_abort(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b != 0x90:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Abort byte {b:#04x}")
+        incoming = self._current("Abort")
+        if incoming.data is not None:
+            self._buffered -= incoming.data_size
+        self._incoming[self._channel] = None
+        if incoming.header is None:  # its id is known
+            events.append(Aborted(self._channel, incoming.id))
+        return pos + 1
+
+    def _on_heartbeat(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b != 0xA0:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Heartbeat byte {b:#04x}")
+        events.append(HeartbeatReceived())
+        return pos + 1
+
+    def _on_go_away(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        if b != 0xB0:
+            raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Go Away byte {b:#04x}")
+        events.append(GoAwayReceived(self._on_peer_go_away()))
+        return pos + 1
+
+    def _on_invalid(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        raise RemoteProtocolError(K.UNKNOWN_PACKET, f"unknown packet type {b:#04x}")
+
+    # -- helpers for the channel state machine ------------------------------------------------
+
+    def _body(self, name: str) -> _Incoming:
+        incoming = self._current(name)
+        if incoming.header is not None:
+            raise RemoteProtocolError(
+                K.UNEXPECTED_PACKET,
+                f"{name} on channel {self._channel} before its header was complete",
+                channel=self._channel,
+            )
+        return incoming
+
+    def _check_stream(self, incoming: _Incoming, name: str) -> None:
+        if not incoming.stream_open:
+            raise RemoteProtocolError(
+                K.STREAM_CLOSED,
+                f"{name} on channel {self._channel}, but "
+                + ("its stream already ended" if incoming.has_stream else "it has no stream"),
+                channel=self._channel,
+            )
+        if incoming.data_left:
+            raise RemoteProtocolError(
+                K.UNEXPECTED_PACKET,
+                f"{name} on channel {self._channel} before its data was complete",
+                channel=self._channel,
+            )
+
+    def _check_file(self, incoming: _Incoming, index: int, name: str) -> int:
+        if index >= len(incoming.file_left):
+            raise RemoteProtocolError(
+                K.FILE_INDEX_OUT_OF_RANGE,
+                f"{name} for file {index}, but only {len(incoming.file_left)} were declared",
+                channel=self._channel,
+            )
+        left = incoming.file_left[index]
+        if left < 0:
+            raise RemoteProtocolError(
+                K.FILE_SIZE_MISMATCH,
+                f"{name} for file {index} after its File End",
+                channel=self._channel,
+            )
+        if incoming.data_left:
+            raise RemoteProtocolError(
+                K.UNEXPECTED_PACKET,
+                f"{name} on channel {self._channel} before its data was complete",
+                channel=self._channel,
+            )
+        return left
+
+    def _take_payload(self, buf: bytes, pos: int, n: int, size: int, events: list[Any]) -> int:
+        """Consumes up to ``size`` payload bytes of the current Data/Stream/File packet."""
+        take = n - pos
+        if take >= size:
+            take = size
+            self._payload_left = 0
+        else:
+            self._payload_left = size - take
+        incoming = self._payload_target
+        assert incoming is not None
+        end = pos + take
+        kind = self._payload_kind
+        if kind == _DATA:
+            data = incoming.data
+            assert data is not None
+            offset = incoming.data_size - incoming.data_left
+            data[offset : offset + take] = memoryview(buf)[pos:end]
+            incoming.data_left -= take
+            if not incoming.data_left:
+                self._buffered -= incoming.data_size
+                incoming.data = None
+                self._announce(incoming, events, data)
+        elif take:
+            chunk = buf if take == n else buf[pos:end]
+            channel = self._channel
+            if kind == _STREAM:
+                events.append(StreamChunkReceived(channel, incoming.id, chunk))
+            else:
+                events.append(FileChunkReceived(channel, incoming.id, self._payload_index, chunk))
+        return end
+
+    def _announce(self, incoming: _Incoming, events: list[Any], data: bytes | bytearray) -> None:
+        channel = self._channel
+        if incoming.is_response:
+            events.append(
+                ResponseReceived(
+                    channel,
+                    incoming.parent_id,
+                    incoming.id,
+                    incoming.expects_response,
+                    incoming.has_stream,
+                    incoming.files,
+                    data,
+                )
+            )
+        else:
+            events.append(
+                MessageReceived(
+                    channel,
+                    incoming.id,
+                    incoming.action,
+                    incoming.expects_response,
+                    incoming.has_stream,
+                    incoming.files,
+                    data,
+                )
+            )
+        if not incoming.files_open and not incoming.stream_open:
+            self._incoming[channel] = None
+
+    def _read_header(self, incoming: _Incoming, h: bytes) -> bool:
+        """Parses a Message/Response header into ``incoming``; False if more bytes are needed."""
+        try:
+            end = self._parse_header(incoming, h)
+        except _Incomplete:
+            return False
+        except UnicodeDecodeError as error:
+            raise RemoteProtocolError(
+                K.BAD_HEADER, f"invalid UTF-8 in header: {error}", channel=self._channel
+            ) from None
+        if end != len(h):
+            raise RemoteProtocolError(
+                K.BAD_HEADER,
+                f"{len(h) - end} bytes after the end of the header",
+                channel=self._channel,
+            )
+        return True
+
+    def _parse_header(self, incoming: _Incoming, h: bytes) -> int:
+        n = len(h)
+        if not n:
+            raise _Incomplete
+        flags = h[0]
+        if flags & 1:
+            raise RemoteProtocolError(K.BAD_HEADER, "reserved flag bit 0 is set")
+        if incoming.is_response:
+            if flags & 2:
+                raise RemoteProtocolError(K.BAD_HEADER, "response flags with the action bit set")
+            p = 33
+            if p > n:
+                raise _Incomplete
+            incoming.parent_id = h[1:17]
+            incoming.id = h[17:33]
+        else:
+            p = 17
+            if flags & 2:
+                if p + 2 > n:
+                    raise _Incomplete
+                length = h[p] | h[p + 1] << 8
+                p += 2
+            else:
+                if p + 1 > n:
+                    raise _Incomplete
+                length = h[p]
+                p += 1
+            if length > self._max_action_size:
+                raise RemoteProtocolError(
+                    K.LIMIT_EXCEEDED,
+                    f"action of {length} bytes is over max_action_size={self._max_action_size}",
+                    channel=self._channel,
+                )
+            if p + length > n:
+                raise _Incomplete
+            incoming.id = h[1:17]
+            incoming.action = h[p : p + length].decode()
+            p += length
+        width = _DATA_WIDTHS[flags >> 6]
+        if width:
+            if p + width > n:
+                raise _Incomplete
+            size = h[p] if width == 1 else int.from_bytes(h[p : p + width], "little")
+            p += width
+            if size > self._max_data_size:
+                raise RemoteProtocolError(
+                    K.LIMIT_EXCEEDED,
+                    f"data of {size} bytes is over max_data_size={self._max_data_size}",
+                    channel=self._channel,
+                )
+            incoming.data_size = incoming.data_left = size
+        width = _COUNT_WIDTHS[(flags >> 4) & 3]
+        if width:
+            if p + width > n:
+                raise _Incomplete
+            count = int.from_bytes(h[p : p + width], "little")
+            p += width
+            if count > self._max_files:
+                raise RemoteProtocolError(
+                    K.LIMIT_EXCEEDED,
+                    f"{count} files are over max_files={self._max_files}",
+                    channel=self._channel,
+                )
+            width = _TOTAL_WIDTHS[(flags >> 2) & 3]
+            if p + width > n:
+                raise _Incomplete
+            total = int.from_bytes(h[p : p + width], "little")
+            p += width
+            files = []
+            for _ in range(count):
+                if p >= n:
+                    raise _Incomplete
+                fh = h[p]
+                if fh & 0xF1:
+                    raise RemoteProtocolError(K.BAD_HEADER, f"bad file header byte {fh:#04x}")
+                width = _FILE_SIZE_WIDTHS[(fh >> 2) & 3]
+                name_width = 2 if fh & 2 else 1
+                q = p + 1 + width + name_width
+                if q > n:
+                    raise _Incomplete
+                file_size = int.from_bytes(h[p + 1 : p + 1 + width], "little")
+                length = int.from_bytes(h[p + 1 + width : q], "little")
+                if q + length > n:
+                    raise _Incomplete
+                files.append(FileHeader(h[q : q + length].decode(), file_size))
+                p = q + length
+            if sum(file.size for file in files) != total:
+                raise RemoteProtocolError(
+                    K.BAD_HEADER,
+                    f"total files size {total} is not the sum of the file sizes",
+                    channel=self._channel,
+                )
+            incoming.files = tuple(files)
+            incoming.file_left = [file.size for file in files]
+            incoming.files_open = count
+        return p
