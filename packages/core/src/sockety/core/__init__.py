@@ -4,6 +4,7 @@ from ._connection import Connection
 from ._constants import MAX_CHANNELS, MAX_FAST_REPLY_CODE, FastReply, PacketType
 from ._errors import (
     AbortedError,
+    ConnectError,
     ConnectionClosedError,
     ConnectionLostError,
     FileSizeError,
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_FAST_REPLY_CODE",
     "Aborted",
     "AbortedError",
+    "ConnectError",
     "Connection",
     "ConnectionClosed",
     "ConnectionClosedError",

@@ -7,6 +7,7 @@ Every error says who is at fault: the remote peer, our own code, or the network:
     │   ├── RemoteProtocolError   the peer broke the protocol (carries .kind and .events)
     │   └── LocalProtocolError    this side misused the API (e.g. a stream write after end)
     │       └── GoingAwayError    no new messages: Go Away was sent or received
+    ├── ConnectError              could not connect (refused, unreachable, TLS handshake, timeout)
     ├── ConnectionClosedError     the connection is gone; carries .reason and .cause
     │   └── ConnectionLostError   it was closed abnormally (reset, EOF mid-exchange, TLS failure,
     │                             idle timeout, protocol error of either side)
@@ -26,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "AbortedError",
+    "ConnectError",
     "ConnectionClosedError",
     "ConnectionLostError",
     "FileSizeError",
@@ -92,6 +94,10 @@ class LocalProtocolError(ProtocolError):
 
 class GoingAwayError(LocalProtocolError):
     """No new message may start: this connection is going away."""
+
+
+class ConnectError(SocketyError):
+    """Could not connect; ``__cause__`` is the underlying OSError, SSLError or TimeoutError."""
 
 
 class ConnectionClosedError(SocketyError):

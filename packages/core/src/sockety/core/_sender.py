@@ -139,6 +139,10 @@ class Sender:
         outgoing = self._outgoing.get(id)
         return outgoing.queued if outgoing is not None else 0
 
+    def in_progress(self, id: bytes) -> bool:
+        """Whether the exchange ``id`` is waiting for a channel or not completely produced."""
+        return id in self._outgoing
+
     @property
     def send_channels(self) -> int:
         """Channels we send on: min(our limit, the peer's); 0 until the peer's header arrived."""

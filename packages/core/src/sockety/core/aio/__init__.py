@@ -1,0 +1,35 @@
+"""sockety.core.aio: Sockety over asyncio — the connection both peers use and the user API they
+share (drafts, messages, responses, streams, files, the router).
+
+Servers and clients are made by ``sockety.server.serve`` and ``sockety.client.connect``, which
+re-export everything here.
+"""
+
+from .._constants import FastReply
+from ._connection import Connection, Handler
+from ._drafts import Draft, FileTransfer, Outgoing, ResponseDraft
+from ._exchanges import Incoming, Message, Request, Response, Transfer
+from ._router import Router
+from ._run import loop_factory, run
+from ._streams import ReceivedFile, StreamReader, StreamWriter
+
+__all__ = [
+    "Connection",
+    "Draft",
+    "FastReply",
+    "FileTransfer",
+    "Handler",
+    "Incoming",
+    "Message",
+    "Outgoing",
+    "ReceivedFile",
+    "Request",
+    "Response",
+    "ResponseDraft",
+    "Router",
+    "StreamReader",
+    "StreamWriter",
+    "Transfer",
+    "loop_factory",
+    "run",
+]

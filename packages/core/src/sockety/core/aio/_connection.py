@@ -1,0 +1,776 @@
+"""The asyncio connection: an ``asyncio.Protocol`` around the sans-IO core.
+
+Writes: everything produced while handling one read, or in one loop turn, goes out in a single
+transport write. The first output of a turn outside of a read is written at once (lowest latency
+for a lone request); what follows in the same turn is coalesced and written at the end of it.
+Large content is pulled from the core at most ``write_budget`` bytes per turn and only while the
+transport is not paused, so big transfers are paced and never starve small messages.
+
+Reads: stream and file chunks wait in their readers until consumed; past ``max_receive_buffer``
+bytes waiting (or ``max_queued_messages`` unconsumed messages) reading pauses until the
+application catches up, so a slow consumer bounds memory instead of growing it.
+
+Lifecycle: ``close()`` sends Go Away, lets in-flight exchanges finish within the grace period,
+then closes the socket. Whatever ends the connection, every pending request, stream and file
+fails promptly with a :class:`ConnectionClosedError` (or subclass) that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from .. import _connection as _core
+from .._errors import (
+    AbortedError,
+    ConnectionClosedError,
+    ConnectionLostError,
+    FileSizeError,
+    GoingAwayError,
+    RemoteProtocolError,
+)
+from .._events import (
+    Aborted,
+    ConnectionClosed,
+    ConnectionOpened,
+    FastReplyReceived,
+    FileChunkReceived,
+    FileEnded,
+    GoAwayReceived,
+    HeartbeatReceived,
+    MessageReceived,
+    ResponseReceived,
+    StreamChunkReceived,
+    StreamEnded,
+)
+from .._ids import new_id
+from ._drafts import FileTransfer, Outgoing
+from ._exchanges import Incoming, Message, Request, Response, Transfer, as_code
+
+__all__ = ["Connection", "Handler"]
+
+logger = logging.getLogger("sockety")
+
+#: A message handler: called with each message; may return a fast-reply code, None, or an
+#: awaitable of either (then it runs as a task).
+Handler = Callable[[Message], Any]
+
+_FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
+
+
+class Connection(asyncio.Protocol):
+    """A Sockety connection, client or server side: both are peers.
+
+    Send with :meth:`send` / :meth:`send_nowait` (no response) and :meth:`request` (expects
+    responses); receive through the ``handler`` or ``async for message in connection``; end
+    with :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        # Ping the peer when we wrote nothing for this long, so its idle timeout does not fire.
+        heartbeat_interval: float | None = 10.0,
+        # Close when nothing (not even a heartbeat) arrived for this long: the peer is gone.
+        idle_timeout: float | None = 30.0,
+        # The peer must send its connection header this soon after the socket opens.
+        open_timeout: float | None = 10.0,
+        # How long close() (and a peer's Go Away) lets in-flight exchanges finish.
+        close_timeout: float = 10.0,
+        # Stream/file bytes waiting for the application before reading pauses.
+        max_receive_buffer: int = 4 * 1024 * 1024,
+        # Messages waiting in ``async for`` before reading pauses (without a handler).
+        max_queued_messages: int = 1024,
+        # Bytes of queued content pulled from the core per loop turn: paces big transfers.
+        write_budget: int = 512 * 1024,
+        # Transport buffer size at which producers wait (pause_writing).
+        write_buffer_limit: int = 1024 * 1024,
+        # Bytes a stream writer may queue before drain() waits.
+        stream_buffer_limit: int = 512 * 1024,
+        # The sans-IO limits (channels, max_action_size, max_data_size, ...): see
+        # sockety.core.Connection.
+        **limits: int,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._core = _core.Connection(**limits)
+        self._handler = handler
+        self._heartbeat_interval = heartbeat_interval
+        self._idle_timeout = idle_timeout
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_receive_buffer = max_receive_buffer
+        self._max_queued_messages = max_queued_messages
+        self._write_budget = write_budget
+        self._write_buffer_limit = write_buffer_limit
+        self._stream_buffer_limit = stream_buffer_limit
+        self._transport: asyncio.Transport | None = None
+        self._requests: dict[bytes, Request] = {}
+        self._receiving: dict[bytes, Incoming] = {}  # incoming with stream/files unfinished
+        self._pumps: set[asyncio.Task[None]] = set()  # tasks sending files from disk/iterators
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inbox: deque[Message] = deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._opened: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._progress: asyncio.Future[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_receive = False
+        self._write_paused = False
+        self._read_paused = False
+        self._rx_buffered = 0
+        self._last_rx = self._last_tx = self._loop.time()
+        self._closing = False
+        self._error: ConnectionClosedError | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._remote_address: Any = None
+        self._local_address: Any = None
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            MessageReceived: self._on_message,
+            FastReplyReceived: self._on_fast_reply,
+            ResponseReceived: self._on_response,
+            StreamChunkReceived: self._on_stream_chunk,
+            StreamEnded: self._on_stream_end,
+            FileChunkReceived: self._on_file_chunk,
+            FileEnded: self._on_file_end,
+            Aborted: self._on_aborted,
+            HeartbeatReceived: self._on_heartbeat,
+            GoAwayReceived: self._on_go_away,
+            ConnectionOpened: self._on_opened,
+            ConnectionClosed: self._on_heartbeat,  # nothing to do: connection_lost follows
+        }
+
+    # -- information --------------------------------------------------------------------------
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address (``transport.get_extra_info('peername')``)."""
+        return self._remote_address
+
+    @property
+    def local_address(self) -> Any:
+        return self._local_address
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is encrypted."""
+        transport = self._transport
+        return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (or failed)."""
+        return self._error is not None
+
+    @property
+    def close_reason(self) -> ConnectionClosedError | None:
+        """Why the connection closed: None while it is open."""
+        return self._error
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests still waiting for their first reply."""
+        return len(self._requests)
+
+    @property
+    def channels(self) -> int:
+        """How many channels we send on (min of ours and the peer's); 0 before the handshake."""
+        return self._core.send_channels
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send_nowait(self, message: Outgoing) -> Transfer:
+        """Sends a message that expects no response; returns at once (it is written at the end
+        of this loop turn). Use the returned transfer for its stream, ``sent()`` or ``abort()``."""
+        return self._start(message, None, False, False)
+
+    async def send(self, message: Outgoing) -> Transfer:
+        """Sends a message that expects no response and waits until its header, data and files
+        were handed to the network (not its stream: write that with the returned transfer)."""
+        transfer = self._start(message, None, False, False)
+        await self._wait_sent(transfer, everything=False)
+        return transfer
+
+    def request(self, message: Outgoing, *, multiple: bool = False) -> Request:
+        """Sends a message that expects responses. ``await`` the result (or its ``response()``)
+        for the first reply; with ``multiple=True`` iterate ``responses()`` for several."""
+        request = self._start(message, None, True, multiple)
+        assert isinstance(request, Request)
+        return request
+
+    def _start(
+        self, outgoing: Outgoing, parent_id: bytes | None, expects_response: bool, multiple: bool
+    ) -> Transfer:
+        self._check_open()
+        raw_id = new_id()
+        core = self._core
+        try:
+            if parent_id is None:
+                core.send_message(
+                    raw_id,
+                    outgoing.action,
+                    outgoing.data,
+                    files=outgoing.header_files,
+                    stream=outgoing.stream,
+                    expects_response=expects_response,
+                )
+            else:
+                core.send_response(
+                    parent_id,
+                    raw_id,
+                    outgoing.data,
+                    files=outgoing.header_files,
+                    stream=outgoing.stream,
+                    expects_response=expects_response,
+                )
+        except GoingAwayError:
+            raise GoingAwayError(
+                "the connection is going away (Go Away sent or received): no new messages"
+            ) from None
+        if expects_response and parent_id is None:
+            transfer: Transfer = Request(self, raw_id, outgoing.stream, multiple)
+            self._requests[raw_id] = transfer  # type: ignore[assignment]
+        else:
+            transfer = Transfer(self, raw_id, outgoing.stream)
+        if outgoing.files:
+            self._send_files(transfer, outgoing.files)
+        self._schedule_flush()
+        return transfer
+
+    def _send_files(self, transfer: Transfer, files: tuple[FileTransfer, ...]) -> None:
+        core = self._core
+        raw_id = transfer._raw_id
+        if all(file.content is not None for file in files):
+            for index, file in enumerate(files):
+                if file.content:
+                    core.send_file(raw_id, index, file.content)
+                core.end_file(raw_id, index)
+            return
+        pump = self._loop.create_task(self._pump_files(transfer, files))
+        transfer._pump = pump
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+
+    async def _pump_files(self, transfer: Transfer, files: tuple[FileTransfer, ...]) -> None:
+        core = self._core
+        raw_id = transfer._raw_id
+        try:
+            for index, file in enumerate(files):
+                sent = 0
+                if file.content is not None:
+                    if file.content:
+                        core.send_file(raw_id, index, file.content)
+                    sent = len(file.content)
+                elif file.path is not None:
+                    with file.path.open("rb") as source:
+                        while chunk := source.read(_FILE_CHUNK):
+                            sent += len(chunk)
+                            if sent > file.size:
+                                break
+                            core.send_file(raw_id, index, chunk)
+                            self._schedule_flush()
+                            await self._writable(raw_id)
+                elif file.source is not None:
+                    async for chunk in file.source:
+                        sent += len(chunk)
+                        if sent > file.size:
+                            break
+                        core.send_file(raw_id, index, bytes(chunk))
+                        self._schedule_flush()
+                        await self._writable(raw_id)
+                if sent != file.size:
+                    raise FileSizeError(
+                        f"file {file.name!r} declared {file.size} bytes but "
+                        f"{'more' if sent > file.size else sent} were given"
+                    )
+                core.end_file(raw_id, index)
+                self._schedule_flush()
+        except (FileSizeError, OSError) as error:
+            transfer._error = error
+            if not self.closed:
+                core.abort(raw_id)
+                self._schedule_flush()
+            if isinstance(transfer, Request):
+                transfer._fail(error)
+            logger.warning("sending files of %s failed: %s", transfer.id, error)
+        finally:
+            transfer._pump = None
+
+    def _abort_transfer(self, transfer: Transfer) -> None:
+        raw_id = transfer._raw_id
+        error = AbortedError("aborted by this side", by_peer=False)
+        transfer._error = error
+        if transfer.stream is not None:
+            transfer.stream._ended = True
+        if transfer._pump is not None:
+            transfer._pump.cancel()
+        if isinstance(transfer, Request):
+            self._requests.pop(raw_id, None)
+            transfer._fail(error)
+        if not self.closed and self._core.abort(raw_id):
+            self._schedule_flush()
+
+    # -- flow control on the write side --------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is not None or self._in_receive:
+            return
+        # First output of this loop turn: write at once; coalesce the rest of the turn.
+        self._flush_handle = self._loop.call_soon(self._flush)
+        self._write()
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        self._write()
+        if self._core.has_queued and not self._write_paused and self._transport is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _write(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        chunks = self._core.data_to_send(0 if self._write_paused else self._write_budget)
+        if chunks:
+            if len(chunks) == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writelines(chunks)
+            self._last_tx = self._loop.time()
+        if not self._write_paused:
+            progress = self._progress
+            if progress is not None:
+                self._progress = None
+                progress.set_result(None)
+        if self._closing:
+            self._check_idle()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    async def _next_progress(self) -> None:
+        if self._progress is None:
+            self._progress = self._loop.create_future()
+        await self._progress
+
+    async def _writable(self, raw_id: bytes) -> None:
+        """Waits while this exchange has too much queued or the transport is paused."""
+        core = self._core
+        while (
+            self._write_paused or core.queued_bytes_for(raw_id) > self._stream_buffer_limit
+        ) and not self.closed:
+            await self._next_progress()
+        self._check_open()
+
+    async def _wait_sent(self, transfer: Transfer, *, everything: bool) -> None:
+        core = self._core
+        raw_id = transfer._raw_id
+        while True:
+            if transfer._error is not None:
+                raise transfer._error
+            self._check_open()
+            if transfer._pump is not None:
+                await asyncio.shield(transfer._pump)
+                continue
+            busy = core.in_progress(raw_id) if everything else core.queued_bytes_for(raw_id) > 0
+            if not busy and not core._out and not core._chunks:
+                return
+            await self._next_progress()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._transport = transport
+        self._remote_address = transport.get_extra_info("peername")
+        self._local_address = transport.get_extra_info("sockname")
+        transport.set_write_buffer_limits(high=self._write_buffer_limit)
+        self._write()  # our connection header
+        self._last_rx = self._last_tx = self._loop.time()
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        try:
+            events = self._core.receive_data(data)
+        except RemoteProtocolError as error:
+            self._process(error.events)  # what arrived intact before the violation
+            logger.info("closing connection from %s: protocol error: %s", self._remote_address, error)
+            self._fail(ConnectionLostError(f"protocol error from the peer: {error}", error))
+            return
+        self._process(events)
+
+    def _process(self, events: list[Any]) -> None:
+        self._in_receive = True
+        handlers = self._handlers
+        try:
+            for event in events:
+                handlers[type(event)](event)
+        finally:
+            self._in_receive = False
+        self._write()
+        if self._core.has_queued and self._flush_handle is None and not self._write_paused:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def eof_received(self) -> bool:
+        self._core.receive_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._error is None:
+            if exc is not None:
+                kind = "TLS error" if isinstance(exc, ssl.SSLError) else "connection lost"
+                self._set_error(ConnectionLostError(f"{kind}: {exc}", exc))
+            elif self._closing and self._core.idle and not self._requests:
+                self._set_error(ConnectionClosedError("connection closed"))
+            elif self._core.idle and not self._requests and not self._receiving:
+                self._set_error(ConnectionClosedError("connection closed by the peer"))
+            else:
+                self._set_error(
+                    ConnectionLostError("the peer closed the connection during an exchange")
+                )
+        self._shutdown()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _on_opened(self, event: ConnectionOpened) -> None:
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def _on_message(self, event: MessageReceived) -> None:
+        message = Message(
+            self,
+            event.id,
+            event.action,
+            event.expects_response,
+            event.has_stream,
+            event.files,
+            event.data,
+        )
+        if event.has_stream or event.files:
+            self._receiving[event.id] = message
+        handler = self._handler
+        if handler is None:
+            self._inbox.append(message)
+            if len(self._inbox) >= self._max_queued_messages:
+                self._pause_reading()
+            waiter = self._inbox_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        try:
+            result = handler(message)
+        except Exception as error:
+            self._handler_failed(message, error)
+            return
+        if result is None:
+            return
+        if type(result) is int or isinstance(result, int):
+            if message.expects_response and not message._answered:
+                message.fast_reply(result)
+        elif inspect.isawaitable(result):
+            task = self._loop.create_task(self._run_handler(message, result))
+            message._task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    async def _run_handler(self, message: Message, result: Awaitable[Any]) -> None:
+        try:
+            code = await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._handler_failed(message, error)
+            return
+        if isinstance(code, int) and message.expects_response and not message._answered:
+            if not self.closed:
+                message.fast_reply(code)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if self._closing:
+            self._check_idle()
+
+    def _handler_failed(self, message: Message, error: BaseException) -> None:
+        logger.error("handler for %r failed", message.action, exc_info=error)
+        if message.expects_response and not message._answered and not self.closed:
+            message.fast_reply(5)  # InternalError
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        response = Response(
+            self,
+            event.parent_id,
+            event.id,
+            event.expects_response,
+            event.has_stream,
+            event.files,
+            event.data,
+        )
+        if event.has_stream or event.files:
+            self._receiving[event.id] = response
+        request = self._requests.get(event.parent_id)
+        if request is not None:
+            if not request._multiple:
+                del self._requests[event.parent_id]
+            request._deliver(response)
+            if self._closing:
+                self._check_idle()
+
+    def _on_fast_reply(self, event: FastReplyReceived) -> None:
+        request = self._requests.get(event.id)
+        if request is not None:
+            if not request._multiple:
+                del self._requests[event.id]
+            request._deliver(as_code(event.code))
+            if self._closing:
+                self._check_idle()
+
+    def _on_stream_chunk(self, event: StreamChunkReceived) -> None:
+        target = self._receiving.get(event.id)
+        if target is not None and target.stream is not None:
+            target.stream._feed(event.chunk)
+
+    def _on_stream_end(self, event: StreamEnded) -> None:
+        target = self._receiving.get(event.id)
+        if target is not None and target.stream is not None:
+            target.stream._end()
+            if not target._unfinished():
+                del self._receiving[event.id]
+
+    def _on_file_chunk(self, event: FileChunkReceived) -> None:
+        target = self._receiving.get(event.id)
+        if target is not None:
+            target.files[event.index]._feed(event.chunk)
+
+    def _on_file_end(self, event: FileEnded) -> None:
+        target = self._receiving.get(event.id)
+        if target is not None:
+            target.files[event.index]._end()
+            if not target._unfinished():
+                del self._receiving[event.id]
+
+    def _on_aborted(self, event: Aborted) -> None:
+        target = self._receiving.pop(event.id, None)
+        if target is None:
+            return
+        target._abort(AbortedError("aborted by the peer", by_peer=True))
+        for reply in target._replies:
+            reply.abort()  # our answers to an aborted message are cancelled too
+        task = target._task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _on_heartbeat(self, event: object) -> None:
+        pass
+
+    def _on_go_away(self, event: GoAwayReceived) -> None:
+        for raw_id in event.unsent:
+            request = self._requests.pop(raw_id, None)
+            if request is not None:
+                request._fail(GoingAwayError("the peer is going away; the message was not sent"))
+        if not self._closing:
+            self._close_task = self._loop.create_task(self.close())
+
+    # -- flow control on the read side ---------------------------------------------------------
+
+    def _buffered(self, size: int) -> None:
+        self._rx_buffered += size
+        if self._rx_buffered > self._max_receive_buffer:
+            self._pause_reading()
+
+    def _consumed(self, size: int) -> None:
+        self._rx_buffered -= size
+        if self._read_paused and self._rx_buffered <= self._max_receive_buffer // 2:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if (
+            self._read_paused
+            and self._transport is not None
+            and len(self._inbox) < self._max_queued_messages
+            and self._rx_buffered <= self._max_receive_buffer // 2
+        ):
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    # -- receiving without a handler -----------------------------------------------------------
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next message, in arrival order (only when there is no handler)."""
+        while not self._inbox:
+            if self._error is not None:
+                raise StopAsyncIteration
+            self._inbox_waiter = self._loop.create_future()
+            await self._inbox_waiter
+        message = self._inbox.popleft()
+        if self._read_paused:
+            self._resume_reading()
+        return message
+
+    # -- liveness -----------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        periods = [p for p in (self._heartbeat_interval, self._idle_timeout) if p]
+        if self._open_timeout and not self._opened.done():
+            periods.append(self._open_timeout)
+        if periods:
+            self._timer = self._loop.call_later(min(periods) / 4, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._error is not None:
+            return
+        now = self._loop.time()
+        if not self._opened.done() and self._open_timeout:
+            if now - self._last_tx >= self._open_timeout and not self._core.opened:
+                self._fail(
+                    ConnectionLostError(
+                        f"no connection header from the peer within {self._open_timeout:g} s"
+                    )
+                )
+                return
+        if self._idle_timeout and now - self._last_rx >= self._idle_timeout:
+            self._fail(
+                ConnectionLostError(f"idle timeout: nothing received for {self._idle_timeout:g} s")
+            )
+            return
+        if self._heartbeat_interval and now - self._last_tx >= self._heartbeat_interval:
+            self._core.send_heartbeat()
+            self._schedule_flush()
+        self._arm_timer()
+
+    # -- closing ------------------------------------------------------------------------------
+
+    async def wait_opened(self) -> None:
+        """Waits for the peer's connection header (raises if the connection ends first)."""
+        if not self._opened.done():
+            waiter = asyncio.ensure_future(asyncio.shield(self._opened))
+            done, _ = await asyncio.wait({waiter, self._closed}, return_when="FIRST_COMPLETED")
+            if waiter not in done:
+                waiter.cancel()
+        self._check_open()
+
+    async def wait_closed(self) -> None:
+        """Waits until the connection is closed."""
+        await asyncio.shield(self._closed)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Closes gracefully: Go Away, in-flight exchanges finish within ``timeout`` seconds
+        (default: ``close_timeout``), then the socket closes. Idempotent."""
+        if self._error is None and self._transport is not None:
+            if not self._closing:
+                self._closing = True
+                self._core.send_go_away()
+                self._schedule_flush()
+            limit = self._close_timeout if timeout is None else timeout
+            if not self._is_idle():
+                if self._idle_waiter is None:
+                    self._idle_waiter = self._loop.create_future()
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._idle_waiter), limit)
+                except TimeoutError:
+                    self._set_error(
+                        ConnectionClosedError(
+                            f"closed with exchanges unfinished after {limit:g} s"
+                        )
+                    )
+            if self._error is None:
+                self._set_error(ConnectionClosedError("connection closed"))
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+            try:
+                # close() flushes the write buffer first; a peer that reads nothing is cut off.
+                await asyncio.wait_for(asyncio.shield(self._closed), self._close_timeout)
+            except TimeoutError:
+                transport.abort()
+        await asyncio.shield(self._closed)
+
+    def _is_idle(self) -> bool:
+        core = self._core
+        return (
+            not core.sending
+            and not core.receiving
+            and not self._requests
+            and not self._tasks
+            and not core._out
+            and not core._chunks
+        )
+
+    def _check_idle(self) -> None:
+        waiter = self._idle_waiter
+        if waiter is not None and not waiter.done() and self._is_idle():
+            waiter.set_result(None)
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._transport is None:
+            raise ConnectionClosedError("the connection is not open")
+
+    def _set_error(self, error: ConnectionClosedError) -> None:
+        if self._error is None:
+            self._error = error
+
+    def _fail(self, error: ConnectionClosedError) -> None:
+        """Ends the connection now, for ``error``."""
+        self._set_error(error)
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows and fails what is pending
+        else:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Fails everything that is still pending with the close reason."""
+        error = self._error
+        assert error is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            request._fail(error)
+        receiving, self._receiving = self._receiving, {}
+        for incoming in receiving.values():
+            incoming._abort(error)
+        for task in [*self._pumps, *self._tasks]:
+            task.cancel()
+        for future in (self._progress, self._idle_waiter, self._inbox_waiter):
+            if future is not None and not future.done():
+                future.set_result(None)
+        if not self._opened.done():
+            self._opened.set_exception(error)
+            self._opened.exception()
+        if self._transport is None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<sockety Connection {self._remote_address} {state}>"
+
+

@@ -1,0 +1,284 @@
+"""What is exchanged: messages and responses we receive, transfers and requests we send."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from .._constants import FastReply
+from .._errors import LocalProtocolError, ResponseTimeoutError
+from .._events import FileHeader
+from ._streams import ReceivedFile, StreamReader, StreamWriter
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._drafts import Outgoing
+
+__all__ = ["Incoming", "Message", "Request", "Response", "Transfer", "as_code"]
+
+_KNOWN = tuple(FastReply)
+
+
+def as_code(code: int) -> int:
+    """A fast-reply code as :class:`FastReply` when it is one of the known ones."""
+    return _KNOWN[code] if code < len(_KNOWN) else code
+
+
+
+
+class Incoming:
+    """A message or response that arrived. Its data is here; its stream and files follow."""
+
+    __slots__ = (
+        "_answered",
+        "_connection",
+        "_decoded",
+        "_raw_id",
+        "_replies",
+        "_task",
+        "_uuid",
+        "data",
+        "expects_response",
+        "files",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        connection: Connection,
+        raw_id: bytes,
+        expects_response: bool,
+        has_stream: bool,
+        files: tuple[FileHeader, ...],
+        data: bytes | bytearray,
+    ) -> None:
+        self._connection = connection
+        self._raw_id = raw_id
+        self._uuid: uuid.UUID | None = None
+        self.expects_response = expects_response
+        #: The data, complete (bytes; a bytearray when it arrived in several packets).
+        self.data = data
+        self._decoded: Any = _UNSET
+        self._answered = False
+        self._task: asyncio.Task[Any] | None = None
+        self._replies: list[Transfer] = []
+        #: The attached stream, or None.
+        self.stream: StreamReader | None = StreamReader(connection) if has_stream else None
+        #: The attached files, in order.
+        self.files: tuple[ReceivedFile, ...] = tuple(
+            ReceivedFile(connection, index, file.name, file.size)
+            for index, file in enumerate(files)
+        )
+
+    @property
+    def id(self) -> uuid.UUID:
+        if self._uuid is None:
+            self._uuid = uuid.UUID(bytes=self._raw_id)
+        return self._uuid
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    @property
+    def answered(self) -> bool:
+        """Whether we already sent a response or fast reply to it."""
+        return self._answered
+
+    def msgpack(self) -> Any:
+        """The data decoded as msgpack (decoded once)."""
+        if self._decoded is _UNSET:
+            self._decoded = msgpack.unpackb(self.data)
+        return self._decoded
+
+    def fast_reply(self, code: int) -> None:
+        """Answers with a fast-reply code (0..4095; see :class:`FastReply`)."""
+        self._answered = True
+        connection = self._connection
+        connection._check_open()
+        connection._core.send_fast_reply(self._raw_id, code)
+        connection._schedule_flush()
+
+    def respond(self, response: Outgoing, *, expects_response: bool = False) -> Transfer:
+        """Starts a response (made with a :class:`ResponseDraft`); returns it to stream, await
+        ``sent()`` or abort."""
+        self._answered = True
+        reply = self._connection._start(response, self._raw_id, expects_response, False)
+        if self.stream is not None or self.files:
+            self._replies.append(reply)  # aborted with this message if the peer aborts it
+        return reply
+
+    def _abort(self, error: BaseException) -> None:
+        if self.stream is not None:
+            self.stream._fail(error)
+        for file in self.files:
+            file._fail(error)
+
+    def _unfinished(self) -> bool:
+        return (self.stream is not None and not self.stream._done) or any(
+            not file._done for file in self.files
+        )
+
+
+_UNSET: Any = object()
+
+
+class Message(Incoming):
+    """A message the peer sent."""
+
+    __slots__ = ("action",)
+
+    def __init__(
+        self,
+        connection: Connection,
+        raw_id: bytes,
+        action: str,
+        expects_response: bool,
+        has_stream: bool,
+        files: tuple[FileHeader, ...],
+        data: bytes | bytearray,
+    ) -> None:
+        super().__init__(connection, raw_id, expects_response, has_stream, files, data)
+        self.action = action
+
+    def __repr__(self) -> str:
+        return f"<Message {self.action!r} {self.id} data={len(self.data)} B>"
+
+
+class Response(Incoming):
+    """A response to one of our messages."""
+
+    __slots__ = ("_parent_id",)
+
+    def __init__(
+        self,
+        connection: Connection,
+        parent_id: bytes,
+        raw_id: bytes,
+        expects_response: bool,
+        has_stream: bool,
+        files: tuple[FileHeader, ...],
+        data: bytes | bytearray,
+    ) -> None:
+        super().__init__(connection, raw_id, expects_response, has_stream, files, data)
+        self._parent_id = parent_id
+
+    @property
+    def parent_id(self) -> uuid.UUID:
+        return uuid.UUID(bytes=self._parent_id)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.id} to {self.parent_id} data={len(self.data)} B>"
+
+
+class Transfer:
+    """A message or response we send: its stream (if any), completion and abort."""
+
+    __slots__ = ("_connection", "_error", "_pump", "_raw_id", "_uuid", "stream")
+
+    def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
+        self._connection = connection
+        self._raw_id = raw_id
+        self._uuid: uuid.UUID | None = None
+        self._error: BaseException | None = None
+        self._pump: asyncio.Task[None] | None = None
+        #: The stream we write, or None.
+        self.stream: StreamWriter | None = StreamWriter(connection, raw_id) if has_stream else None
+
+    @property
+    def id(self) -> uuid.UUID:
+        if self._uuid is None:
+            self._uuid = uuid.UUID(bytes=self._raw_id)
+        return self._uuid
+
+    async def sent(self) -> None:
+        """Waits until all of it (data, files, stream end) was handed to the network."""
+        await self._connection._wait_sent(self, everything=True)
+
+    def abort(self) -> None:
+        """Aborts it: the peer's readers fail with AbortedError; so does our side's."""
+        self._connection._abort_transfer(self)
+
+
+class Request(Transfer):
+    """A message that expects responses. Await it (or ``response()``) for the first reply: a
+    :class:`Response`, or an ``int`` fast-reply code (a :class:`FastReply` when known)."""
+
+    __slots__ = ("_closed", "_future", "_multiple", "_queue", "_waiter")
+
+    def __init__(
+        self, connection: Connection, raw_id: bytes, has_stream: bool, multiple: bool
+    ) -> None:
+        super().__init__(connection, raw_id, has_stream)
+        self._future: asyncio.Future[Response | int] = connection._loop.create_future()
+        self._multiple = multiple
+        self._queue: deque[Response | int] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def _deliver(self, reply: Response | int) -> None:
+        if not self._future.done():
+            self._future.set_result(reply)
+        elif self._multiple:
+            self._queue.append(reply)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        future = self._future
+        if not future.done():
+            future.set_exception(error)
+            future.exception()  # retrieved: nobody has to await a failed request
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._pump is not None:
+            self._pump.cancel()
+
+    def __await__(self) -> Generator[Any, None, Response | int]:
+        return self._future.__await__()
+
+    async def response(self, timeout: float | None = None) -> Response | int:
+        """The first reply; ``timeout`` in seconds raises :class:`ResponseTimeoutError`."""
+        if timeout is None:
+            return await self._future
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except TimeoutError:
+            raise ResponseTimeoutError(
+                f"no response to {self.id} within {timeout:g} s"
+            ) from None
+
+    async def responses(self) -> AsyncIterator[Response | int]:
+        """Every reply as it arrives (needs ``request(..., multiple=True)``), until ``close()``
+        or the connection closes."""
+        if not self._multiple:
+            raise LocalProtocolError("responses() needs request(..., multiple=True)")
+        yield await self._future
+        while True:
+            while not self._queue:
+                if self._closed or self._error is not None:
+                    if self._error is not None and not self._closed:
+                        raise self._error
+                    return
+                self._waiter = self._connection._loop.create_future()
+                await self._waiter
+            yield self._queue.popleft()
+
+    def close(self) -> None:
+        """Stops listening for more replies (multiple mode)."""
+        self._closed = True
+        self._connection._requests.pop(self._raw_id, None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.id}>"

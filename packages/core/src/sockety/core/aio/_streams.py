@@ -1,0 +1,161 @@
+"""Streams and files: what the peer sends arrives through readers, what we send goes through
+writers. Both take part in the connection's flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._errors import ConnectionClosedError, LocalProtocolError
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = ["ReceivedFile", "StreamReader", "StreamWriter"]
+
+
+class StreamReader:
+    """Bytes the peer streams to us, as an async iterator of chunks.
+
+    ``async for chunk in message.stream`` or ``await message.stream.read()``. Chunks that arrived
+    are always delivered; an abort or a lost connection is raised after them.
+    """
+
+    __slots__ = ("_chunks", "_connection", "_done", "_error", "_received", "_waiter")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._received = 0
+
+    @property
+    def received(self) -> int:
+        """How many bytes arrived so far."""
+        return self._received
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the stream ended and every chunk was read."""
+        return self._done and not self._chunks
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._received += len(chunk)
+        self._connection._buffered(len(chunk))
+        self._wake()
+
+    def _end(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._done:
+            self._error = error
+            self._done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def __aiter__(self) -> StreamReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._waiter = self._connection._loop.create_future()
+            await self._waiter
+        chunk = self._chunks.popleft()
+        self._connection._consumed(len(chunk))
+        return chunk
+
+    async def read(self) -> bytes:
+        """Everything until the end of the stream."""
+        return b"".join([chunk async for chunk in self])
+
+
+class ReceivedFile(StreamReader):
+    """A file the peer sends: its name, declared size, and its bytes as an async iterator."""
+
+    __slots__ = ("index", "name", "size")
+
+    def __init__(self, connection: Connection, index: int, name: str, size: int) -> None:
+        super().__init__(connection)
+        self.index = index
+        self.name = name
+        self.size = size
+
+    async def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the file to ``path`` chunk by chunk; returns the path."""
+        target = Path(path)
+        with target.open("wb") as out:
+            async for chunk in self:
+                out.write(chunk)
+        return target
+
+    def __repr__(self) -> str:
+        return f"<ReceivedFile {self.name!r} {self.received}/{self.size} B>"
+
+
+class StreamWriter:
+    """The stream we attach to a message or response.
+
+    ``write()`` queues bytes (it never blocks); ``await drain()`` waits while too much is queued
+    or the transport is paused; ``await send(data)`` does both; ``end()`` ends the stream.
+    """
+
+    __slots__ = ("_connection", "_ended", "_id")
+
+    def __init__(self, connection: Connection, id: bytes) -> None:
+        self._connection = connection
+        self._id = id
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._ended:
+            raise LocalProtocolError("the stream has ended")
+        connection = self._connection
+        connection._check_open()
+        # Our own copy: the caller may reuse its buffer once write() returned.
+        chunk = data if type(data) is bytes else bytes(data)
+        try:
+            connection._core.send_stream(self._id, chunk)
+        except LocalProtocolError:
+            raise ConnectionClosedError("the exchange was aborted") from None
+        connection._schedule_flush()
+
+    async def drain(self) -> None:
+        """Waits until the queued bytes of this stream are below the limit and can be written."""
+        await self._connection._writable(self._id)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """``write(data)``, then ``await drain()``."""
+        self.write(data)
+        await self._connection._writable(self._id)
+
+    def end(self) -> None:
+        """Ends the stream (idempotent)."""
+        if self._ended:
+            return
+        self._ended = True
+        connection = self._connection
+        if connection._core.in_progress(self._id):
+            connection._core.end_stream(self._id)
+            connection._schedule_flush()

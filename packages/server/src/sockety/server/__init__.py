@@ -1,0 +1,59 @@
+"""sockety.server: serve Sockety over TCP or TLS.
+
+Re-exports the shared API of ``sockety.core.aio`` (drafts, router, messages, ...)."""
+
+from sockety.core import (
+    AbortedError,
+    ConnectionClosedError,
+    ConnectionLostError,
+    FastReply,
+    FileSizeError,
+    GoingAwayError,
+    RemoteProtocolError,
+    ResponseTimeoutError,
+    SocketyError,
+)
+from sockety.core.aio import (
+    Connection,
+    Draft,
+    FileTransfer,
+    Message,
+    ReceivedFile,
+    Request,
+    Response,
+    ResponseDraft,
+    Router,
+    StreamReader,
+    StreamWriter,
+    Transfer,
+    run,
+)
+
+from ._server import Server, serve
+
+__all__ = [
+    "AbortedError",
+    "Connection",
+    "ConnectionClosedError",
+    "ConnectionLostError",
+    "Draft",
+    "FastReply",
+    "FileSizeError",
+    "FileTransfer",
+    "GoingAwayError",
+    "Message",
+    "ReceivedFile",
+    "RemoteProtocolError",
+    "Request",
+    "Response",
+    "ResponseDraft",
+    "ResponseTimeoutError",
+    "Router",
+    "SocketyError",
+    "Server",
+    "StreamReader",
+    "StreamWriter",
+    "Transfer",
+    "run",
+    "serve",
+]

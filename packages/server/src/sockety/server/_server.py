@@ -1,0 +1,251 @@
+"""The Sockety server: listens on TCP or TLS, keeps a registry of its connections, broadcasts,
+and shuts down gracefully (Go Away to every peer, in-flight exchanges finish within a grace
+period, then the sockets close)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any
+
+from sockety.core.aio import Connection, Handler, Outgoing
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("sockety.server")
+
+
+class Server:
+    """A listening Sockety server. Make one with :func:`serve`."""
+
+    def __init__(
+        self,
+        handler: Handler | None,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        on_connect: Callable[[Connection], Any] | None = None,
+        on_disconnect: Callable[[Connection], Any] | None = None,
+        # Connections beyond this are closed at once: each costs memory and a file descriptor.
+        max_connections: int | None = None,
+        **options: Any,
+    ) -> None:
+        self._handler = handler
+        self._ssl = ssl
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._max_connections = max_connections
+        self._options = options
+        self._connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    # -- listening ----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(
+                self._make_connection, sock=sock, ssl=self._ssl, backlog=backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                self._make_connection,
+                host,
+                port,
+                ssl=self._ssl,
+                reuse_port=reuse_port or None,
+                backlog=backlog,
+            )
+        logger.info("listening on %s", ", ".join(map(_format, self.addresses)))
+
+    def _make_connection(self) -> Connection:
+        connection = _ServerConnection(self, self._handler, **self._options)
+        return connection
+
+    def _connected(self, connection: Connection) -> bool:
+        if self._closing is not None or (
+            self._max_connections is not None
+            and len(self._connections) >= self._max_connections
+        ):
+            return False
+        self._connections.add(connection)
+        if self._on_connect is not None:
+            self._on_connect(connection)
+        return True
+
+    def _disconnected(self, connection: Connection) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            if self._on_disconnect is not None:
+                self._on_disconnect(connection)
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The addresses the server listens on."""
+        if self._server is None:
+            return []
+        return [sock.getsockname() for sock in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one picked when started with port 0)."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("the server is not listening")
+        port: int = addresses[0][1]
+        return port
+
+    @property
+    def connections(self) -> frozenset[Connection]:
+        """The open connections."""
+        return frozenset(self._connections)
+
+    @property
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    # -- broadcast ----------------------------------------------------------------------------
+
+    def broadcast(
+        self, message: Outgoing, *, where: Callable[[Connection], bool] | None = None
+    ) -> int:
+        """Sends ``message`` (no response expected) to every connection, or those for which
+        ``where(connection)`` is true. Returns how many it was sent to; closing connections are
+        skipped."""
+        sent = 0
+        for connection in list(self._connections):
+            if where is not None and not where(connection):
+                continue
+            if connection.closed or connection._closing:
+                continue
+            connection.send_nowait(message)
+            sent += 1
+        return sent
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def serve_forever(self) -> None:
+        """Serves until :meth:`close` is called (or this task is cancelled, which closes)."""
+        try:
+            await self._closed.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.close())
+            raise
+
+    def close(self, timeout: float | None = None) -> asyncio.Task[None]:
+        """Stops listening, sends Go Away to every peer and lets their in-flight exchanges finish
+        within ``timeout`` seconds (default: the connections' ``close_timeout``), then closes.
+        Idempotent; await the result (or :meth:`wait_closed`) to wait for the end."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(timeout))
+        return self._closing
+
+    async def _close(self, timeout: float | None) -> None:
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        logger.info("closing: %d connection(s) to drain", len(connections))
+        await asyncio.gather(*(c.close(timeout) for c in connections), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._closed.set()
+        logger.info("closed")
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class _ServerConnection(Connection):
+    """A connection that registers itself with its server."""
+
+    def __init__(self, server: Server, handler: Handler | None, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._server._connected(self):
+            logger.warning("refusing connection from %s: server full or closing",
+                           self.remote_address)
+            transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        reason = self.close_reason
+        logger.debug("connection from %s closed: %s", self.remote_address, reason)
+        self._server._disconnected(self)
+
+
+def _format(address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+class serve:  # noqa: N801 - used like a function, as websockets.serve is
+    """Starts a Sockety server; await it, or use it with ``async with``::
+
+        async with serve(router, "127.0.0.1", 9000) as server:
+            await server.serve_forever()
+
+    ``ssl`` is an ``ssl.SSLContext`` for TLS. Port 0 picks a free port (``server.port``).
+    Other keywords are the connections' options and limits (see ``Connection``).
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        **options: Any,
+    ) -> None:
+        self._server = Server(handler, ssl=ssl, **options)
+        self._where = (host, port, sock, reuse_port)
+
+    async def _start(self) -> Server:
+        host, port, sock, reuse_port = self._where
+        await self._server.start(host, port, sock=sock, reuse_port=reuse_port)
+        return self._server
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self._start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._server.close()
