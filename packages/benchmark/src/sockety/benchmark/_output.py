@@ -1,0 +1,159 @@
+"""Rendering results: the rich table on stdout and the JSON document."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ._cases import CASES
+
+__all__ = ["add_ratios", "render_table", "write_json"]
+
+_CASE_ORDER = {case.name: i for i, case in enumerate(CASES)}
+
+
+def add_ratios(rows: list[dict[str, Any]], suite_order: dict[str, int]) -> list[dict[str, Any]]:
+    """Set ``vs_raw`` (rate / the raw ceiling's rate for the same case) and sort the rows."""
+    raw = {r["case"]: r["rate"] for r in rows if r["suite"] == "raw" and r["status"] == "ok"}
+    for row in rows:
+        base = raw.get(row["case"])
+        ok = row["status"] == "ok" and base
+        row["vs_raw"] = round(row["rate"] / base, 4) if ok and base else None
+    return sorted(
+        rows, key=lambda r: (_CASE_ORDER.get(r["case"], 99), suite_order.get(r["suite"], 99))
+    )
+
+
+def _lat(us: float | None) -> str:
+    if us is None:
+        return "-"
+    if us < 1000:
+        return f"{us:.0f} µs"
+    if us < 1_000_000:
+        return f"{us / 1000:.1f} ms"
+    return f"{us / 1e6:.2f} s"
+
+
+def _cpu(cpu: dict[str, Any] | None) -> tuple[str, str]:
+    if not cpu or cpu.get("usr_pct") is None:
+        return "-", "-"
+    per_op = cpu.get("us_per_op")
+    return f"{cpu['usr_pct']:.0f}/{cpu['sys_pct']:.0f}", "-" if per_op is None else f"{per_op:.1f}"
+
+
+def _note(row: dict[str, Any]) -> str:
+    parts = []
+    fair = row.get("fairness")
+    if fair and fair.get("p99_ratio") is not None and fair.get("unloaded_us"):
+        parts.append(f"p99 {fair['p99_ratio']:.1f}x unloaded ({_lat(fair['unloaded_us']['p99'])})")
+    noreply = row.get("noreply")
+    if noreply:
+        parts.append(f"server counted {noreply['received_by_server']}/{noreply['sent']}")
+    if row.get("note") and row["status"] != "n/a":
+        parts.append(str(row["note"]))
+    text = "; ".join(parts)
+    return text if len(text) <= 70 else text[:69] + "…"
+
+
+def render_table(rows: list[dict[str, Any]], meta: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title="sockety-bench",
+        caption=(
+            f"{meta['clients']} client process(es) x {meta['connections']} connection(s) x "
+            f"{meta['concurrency']} in flight, {meta['server_workers']} server worker(s), "
+            f"{meta['duration']}s per case after {meta['warmup']}s warmup, loop={meta['loop']}; "
+            f"{meta['pinning']}. CPU usr/sys in % of one core; µs/op = CPU µs per request "
+            "(per MB for MB/s cases)."
+        ),
+        header_style="bold",
+    )
+    table.add_column("case")
+    table.add_column("suite")
+    table.add_column("ok %", justify="right")
+    table.add_column("rate", justify="right")
+    table.add_column("p50", justify="right")
+    table.add_column("p90", justify="right")
+    table.add_column("p99", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("cli CPU\nusr/sys", justify="right")
+    table.add_column("srv CPU\nusr/sys", justify="right")
+    table.add_column("cli\nµs/op", justify="right")
+    table.add_column("srv\nµs/op", justify="right")
+    table.add_column("vs raw", justify="right")
+    table.add_column("note")
+    previous = None
+    for row in rows:
+        if previous is not None and row["case"] != previous:
+            table.add_section()
+        previous = row["case"]
+        if row["status"] != "ok":
+            style = "dim" if row["status"] == "n/a" else "red"
+            label = row["status"] if row["status"] == "n/a" else row["status"].upper()
+            table.add_row(
+                row["case"],
+                row["suite"],
+                Text(label, style=style),
+                *["-"] * 10,
+                Text(_note(row), style=style),
+            )
+            continue
+        lat = row.get("latency_us") or {}
+        rate = f"{row['rate']:,.0f} req/s" if row["unit"] == "req" else f"{row['rate']:,.0f} MB/s"
+        cli_pct, cli_op = _cpu(row.get("client_cpu"))
+        srv_pct, srv_op = _cpu(row.get("server_cpu"))
+        ratio = row.get("vs_raw")
+        success = row["success_pct"]
+        table.add_row(
+            row["case"],
+            row["suite"],
+            Text(
+                f"{success:.1f}" if success < 100 else "100", style="" if success >= 100 else "red"
+            ),
+            rate,
+            _lat(lat.get("p50")),
+            _lat(lat.get("p90")),
+            _lat(lat.get("p99")),
+            _lat(lat.get("max")),
+            cli_pct,
+            srv_pct,
+            cli_op,
+            srv_op,
+            "-" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x",
+            _note(row),
+        )
+    console.print(table)
+
+
+def metadata(opts: Any, pinning: str) -> dict[str, Any]:
+    return {
+        "duration": opts.duration,
+        "warmup": opts.warmup,
+        "server_workers": opts.server_workers,
+        "clients": opts.clients,
+        "concurrency": opts.concurrency,
+        "connections": opts.connections,
+        "loop": opts.loop,
+        "remote": opts.remote,
+        "pinning": pinning,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "argv": sys.argv[1:],
+    }
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    document = {"meta": meta, "results": rows}
+    data = json.dumps(document, indent=2, ensure_ascii=False)
+    if str(path) == "-":
+        sys.stdout.write(data + "\n")
+    else:
+        path.write_text(data + "\n", encoding="utf-8")
