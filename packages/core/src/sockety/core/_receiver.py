@@ -69,7 +69,9 @@ _DATA, _STREAM, _FILE = 0, 1, 2
 
 
 class _Incomplete(Exception):
-    """Raised inside the header parser when more header bytes are needed."""
+    """Raised inside the header parser when more header bytes are needed; ``args[0]`` is the
+    header length to wait for before parsing again (so a header trickling in through many small
+    Continue packets is not re-parsed for every one of them)."""
 
 
 class _Incoming:
@@ -86,6 +88,7 @@ class _Incoming:
         "files_open",
         "has_stream",
         "header",
+        "header_need",
         "id",
         "is_response",
         "parent_id",
@@ -98,6 +101,7 @@ class _Incoming:
         self.has_stream = has_stream
         self.stream_open = has_stream
         self.header: bytearray | None = None  # header bytes while it is incomplete
+        self.header_need = 0  # header length needed before parsing it again is worthwhile
         self.id = b""
         self.parent_id = b""
         self.action = ""
@@ -221,7 +225,7 @@ class Receiver:
         n = len(buf)
         if self._payload_left:
             pos = self._take_payload(buf, 0, n, self._payload_left, events)
-        elif not self._peer_channels:
+        elif not self._peer_channels and n:
             pos = self._read_connection_header(buf, events)
             if pos < 0:
                 return
@@ -393,7 +397,7 @@ class Receiver:
         if end > n:
             return pos - end
         header += buf[start:end]
-        if self._read_header(incoming, bytes(header)):
+        if len(header) >= incoming.header_need and self._read_header(incoming, bytes(header)):
             incoming.header = None
             if incoming.data_left == 0:
                 self._announce(incoming, events, b"")
@@ -639,7 +643,8 @@ class Receiver:
         """Parses a Message/Response header into ``incoming``; False if more bytes are needed."""
         try:
             end = self._parse_header(incoming, h)
-        except _Incomplete:
+        except _Incomplete as incomplete:
+            incoming.header_need = incomplete.args[0]
             return False
         except UnicodeDecodeError as error:
             raise RemoteProtocolError(
@@ -656,7 +661,7 @@ class Receiver:
     def _parse_header(self, incoming: _Incoming, h: bytes) -> int:
         n = len(h)
         if not n:
-            raise _Incomplete
+            raise _Incomplete(1)
         flags = h[0]
         if flags & 1:
             raise RemoteProtocolError(K.BAD_HEADER, "reserved flag bit 0 is set")
@@ -665,19 +670,19 @@ class Receiver:
                 raise RemoteProtocolError(K.BAD_HEADER, "response flags with the action bit set")
             p = 33
             if p > n:
-                raise _Incomplete
+                raise _Incomplete(p)
             incoming.parent_id = h[1:17]
             incoming.id = h[17:33]
         else:
             p = 17
             if flags & 2:
                 if p + 2 > n:
-                    raise _Incomplete
+                    raise _Incomplete(p + 2)
                 length = h[p] | h[p + 1] << 8
                 p += 2
             else:
                 if p + 1 > n:
-                    raise _Incomplete
+                    raise _Incomplete(p + 1)
                 length = h[p]
                 p += 1
             if length > self._max_action_size:
@@ -687,14 +692,14 @@ class Receiver:
                     channel=self._channel,
                 )
             if p + length > n:
-                raise _Incomplete
+                raise _Incomplete(p + length)
             incoming.id = h[1:17]
             incoming.action = h[p : p + length].decode()
             p += length
         width = _DATA_WIDTHS[flags >> 6]
         if width:
             if p + width > n:
-                raise _Incomplete
+                raise _Incomplete(p + width)
             size = h[p] if width == 1 else int.from_bytes(h[p : p + width], "little")
             p += width
             if size > self._max_data_size:
@@ -707,7 +712,7 @@ class Receiver:
         width = _COUNT_WIDTHS[(flags >> 4) & 3]
         if width:
             if p + width > n:
-                raise _Incomplete
+                raise _Incomplete(p + width)
             count = int.from_bytes(h[p : p + width], "little")
             p += width
             if count > self._max_files:
@@ -718,13 +723,13 @@ class Receiver:
                 )
             width = _TOTAL_WIDTHS[(flags >> 2) & 3]
             if p + width > n:
-                raise _Incomplete
+                raise _Incomplete(p + width)
             total = int.from_bytes(h[p : p + width], "little")
             p += width
             files = []
             for _ in range(count):
                 if p >= n:
-                    raise _Incomplete
+                    raise _Incomplete(p + 1)
                 fh = h[p]
                 if fh & 0xF1:
                     raise RemoteProtocolError(K.BAD_HEADER, f"bad file header byte {fh:#04x}")
@@ -732,11 +737,11 @@ class Receiver:
                 name_width = 2 if fh & 2 else 1
                 q = p + 1 + width + name_width
                 if q > n:
-                    raise _Incomplete
+                    raise _Incomplete(q)
                 file_size = int.from_bytes(h[p + 1 : p + 1 + width], "little")
                 length = int.from_bytes(h[p + 1 + width : q], "little")
                 if q + length > n:
-                    raise _Incomplete
+                    raise _Incomplete(q + length)
                 files.append(FileHeader(h[q : q + length].decode(), file_size))
                 p = q + length
             if sum(file.size for file in files) != total:

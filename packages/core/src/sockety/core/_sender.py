@@ -442,4 +442,5 @@ class Sender:
             budget -= self._emit(outgoing, quantum)
             self._after_emit(outgoing)
             budget -= 1  # an exchange with only End markers still costs a turn
-        self._start_waiting()
+            # A released channel goes to the next waiting exchange at once; it may join the ring.
+            self._start_waiting()

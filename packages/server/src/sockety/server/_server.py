@@ -41,6 +41,7 @@ class Server:
         self._options = options
         self._connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
+        self._addresses: list[Any] = []
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
@@ -69,7 +70,8 @@ class Server:
                 reuse_port=reuse_port or None,
                 backlog=backlog,
             )
-        logger.info("listening on %s", ", ".join(map(_format, self.addresses)))
+        self._addresses = [sock.getsockname() for sock in self._server.sockets]
+        logger.info("listening on %s", ", ".join(map(_format, self._addresses)))
 
     def _make_connection(self) -> Connection:
         connection = _ServerConnection(self, self._handler, **self._options)
@@ -94,10 +96,8 @@ class Server:
 
     @property
     def addresses(self) -> list[Any]:
-        """The addresses the server listens on."""
-        if self._server is None:
-            return []
-        return [sock.getsockname() for sock in self._server.sockets]
+        """The addresses the server listens (or listened) on."""
+        return list(self._addresses)
 
     @property
     def port(self) -> int:

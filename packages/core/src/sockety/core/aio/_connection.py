@@ -308,7 +308,7 @@ class Connection(asyncio.Protocol):
         error = AbortedError("aborted by this side", by_peer=False)
         transfer._error = error
         if transfer.stream is not None:
-            transfer.stream._ended = True
+            transfer.stream._error = error
         if transfer._pump is not None:
             transfer._pump.cancel()
         if isinstance(transfer, Request):
@@ -570,9 +570,6 @@ class Connection(asyncio.Protocol):
         target._abort(AbortedError("aborted by the peer", by_peer=True))
         for reply in target._replies:
             reply.abort()  # our answers to an aborted message are cancelled too
-        task = target._task
-        if task is not None and not task.done():
-            task.cancel()
 
     def _on_heartbeat(self, event: object) -> None:
         pass

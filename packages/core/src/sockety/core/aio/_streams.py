@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._errors import ConnectionClosedError, LocalProtocolError
+from .._errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -117,42 +117,44 @@ class StreamWriter:
     or the transport is paused; ``await send(data)`` does both; ``end()`` ends the stream.
     """
 
-    __slots__ = ("_connection", "_ended", "_id")
+    __slots__ = ("_connection", "_ended", "_error", "_id")
 
     def __init__(self, connection: Connection, id: bytes) -> None:
         self._connection = connection
         self._id = id
         self._ended = False
+        self._error: BaseException | None = None
 
     @property
     def ended(self) -> bool:
         return self._ended
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
         if self._ended:
             raise LocalProtocolError("the stream has ended")
         connection = self._connection
         connection._check_open()
         # Our own copy: the caller may reuse its buffer once write() returned.
         chunk = data if type(data) is bytes else bytes(data)
-        try:
-            connection._core.send_stream(self._id, chunk)
-        except LocalProtocolError:
-            raise ConnectionClosedError("the exchange was aborted") from None
+        connection._core.send_stream(self._id, chunk)
         connection._schedule_flush()
 
     async def drain(self) -> None:
         """Waits until the queued bytes of this stream are below the limit and can be written."""
         await self._connection._writable(self._id)
+        if self._error is not None:
+            raise self._error
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """``write(data)``, then ``await drain()``."""
         self.write(data)
-        await self._connection._writable(self._id)
+        await self.drain()
 
     def end(self) -> None:
         """Ends the stream (idempotent)."""
-        if self._ended:
+        if self._ended or self._error is not None:
             return
         self._ended = True
         connection = self._connection

@@ -1,0 +1,250 @@
+"""Failure semantics: whatever ends a connection, pending calls fail promptly and say why; a bad
+peer only loses its own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from sockety.client import (
+    ConnectError,
+    ConnectionClosedError,
+    ConnectionLostError,
+    Draft,
+    FastReply,
+    GoingAwayError,
+    Message,
+    RemoteProtocolError,
+    Router,
+    connect,
+)
+
+from .conftest import HOST, Net
+
+ping = Draft("ping")
+slow = Draft("slow", data="msgpack")
+hang = Draft("hang")
+
+
+def router() -> Router:
+    router = Router()
+
+    @router.action("ping")
+    def on_ping(message: Message) -> int:
+        return FastReply.ACCEPT
+
+    @router.action("slow")
+    async def on_slow(message: Message) -> int:
+        await asyncio.sleep(float(message.msgpack()))
+        return FastReply.ACCEPT
+
+    @router.action("hang")
+    async def on_hang(message: Message) -> None:
+        await asyncio.Event().wait()
+
+    return router
+
+
+def test_graceful_server_close_during_100_in_flight_requests(net: Net) -> None:
+    async def main() -> None:
+        server = await net.serve(router())
+        client = await net.connect(server)
+        requests = [client.request(slow(0.2)) for _ in range(100)]
+        await asyncio.sleep(0.05)  # let them reach the server
+        closing = server.close(timeout=5)
+        # Go Away reaches the client: new requests are refused at once, clearly.
+        while not client._closing:
+            await asyncio.sleep(0.005)
+        with pytest.raises(GoingAwayError, match="going away"):
+            client.request(ping())
+        # ... and new connections are refused too.
+        with pytest.raises(ConnectError):
+            await connect(HOST, server.port, ssl=net.client_ssl, connect_timeout=2)
+        assert await asyncio.gather(*requests) == [FastReply.ACCEPT] * 100
+        await closing
+        await client.wait_closed()
+        assert type(client.close_reason) is ConnectionClosedError
+
+    net.run(main())
+
+
+def test_1000_concurrent_requests_through_16_channels(net: Net) -> None:
+    seen: list[bytes] = []
+    echo_router = Router()
+
+    @echo_router.action("n")
+    async def on_n(message: Message) -> int:
+        seen.append(bytes(message.data))
+        await asyncio.sleep(0)
+        return int.from_bytes(message.data, "little") % 4096
+
+    numbered = Draft("n", data="bytes")
+
+    async def main() -> None:
+        async with net.pair(echo_router, channels=16) as (server, client):
+            assert client.channels == 16
+            replies = await asyncio.gather(
+                *(client.request(numbered(i.to_bytes(2, "little"))) for i in range(1000))
+            )
+            assert replies == [i % 4096 for i in range(1000)]
+            assert sorted(seen) == sorted(i.to_bytes(2, "little") for i in range(1000))
+
+    net.run(main())
+
+
+def test_peer_closes_socket_mid_request(tcp: Net) -> None:
+    async def main() -> None:
+        async with tcp.serve(router()) as server:
+            client = await tcp.connect(server)
+            request = client.request(hang())
+            await asyncio.sleep(0.05)
+            (connection,) = server.connections
+            assert connection._transport is not None
+            connection._transport.abort()  # the socket just goes away
+            started = time.monotonic()
+            with pytest.raises(ConnectionLostError) as error:
+                await request
+            assert time.monotonic() - started < 1
+            assert "during an exchange" in str(error.value) or "lost" in str(error.value)
+
+    tcp.run(main())
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from sockety.server import serve, Router
+
+    router = Router()
+
+    @router.action("hang")
+    async def hang(message):
+        await asyncio.Event().wait()
+
+    async def main():
+        async with serve(router, "127.0.0.1", 0) as server:
+            print(server.port, flush=True)
+            await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_server_process_killed_mid_request(tcp: Net) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+
+        async def main() -> None:
+            async with connect(HOST, port) as client:
+                request = client.request(hang())
+                assert await client.request(Draft("unknown")()) == FastReply.NOT_IMPLEMENTED
+                process.kill()
+                started = time.monotonic()
+                with pytest.raises(ConnectionLostError):
+                    await request
+                assert time.monotonic() - started < 1
+                with pytest.raises(ConnectionClosedError):
+                    client.request(ping())
+
+        tcp.run(main())
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+def test_malformed_bytes_close_only_that_connection(net: Net) -> None:
+    gone: asyncio.Queue[ConnectionClosedError | None] = asyncio.Queue()
+
+    async def main() -> None:
+        on_disconnect = lambda c: gone.put_nowait(c.close_reason)  # noqa: E731
+        async with net.pair(router(), on_disconnect=on_disconnect) as (server, healthy):
+            reader, writer = await asyncio.open_connection(
+                HOST, server.port, ssl=net.client_ssl, server_hostname=HOST if net.tls else None
+            )
+            writer.write(b"\xe3\xf7garbage")
+            await writer.drain()
+            assert await reader.read(1) == b"\xe3"  # the server's header, then it hangs up
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            reason = await gone.get()
+            assert isinstance(reason, ConnectionLostError)
+            assert isinstance(reason.cause, RemoteProtocolError)
+            assert reason.cause.kind == "unknown_packet"
+            assert len(server.connections) == 1  # the bad one left the registry
+            assert await healthy.request(ping()) == FastReply.ACCEPT
+
+    net.run(main())
+
+
+def test_protocol_error_reason_is_typed(tcp: Net) -> None:
+    closed: list[ConnectionClosedError | None] = []
+
+    async def scenario() -> None:
+        server = await tcp.serve(router(), on_disconnect=lambda c: closed.append(c.close_reason))
+        sock = socket.create_connection((HOST, server.port))
+        sock.sendall(b"\xe3\x20\x05\x01\x00\x00\x00\x00")  # flags: reserved bit 0 set
+        while not closed:
+            await asyncio.sleep(0.01)
+        sock.close()
+        (reason,) = closed
+        assert isinstance(reason, ConnectionLostError)
+        assert isinstance(reason.cause, RemoteProtocolError)
+        assert reason.cause.kind == "bad_header"
+        await server.close()
+
+    tcp.run(scenario())
+
+
+def test_idle_peer_is_closed_and_heartbeats_keep_a_quiet_one_alive(tcp: Net) -> None:
+    async def main() -> None:
+        async with tcp.serve(router(), idle_timeout=0.3, heartbeat_interval=None) as server:
+            # A quiet client that heartbeats stays connected past the idle timeout.
+            client = await tcp.connect(server, heartbeat_interval=0.05, idle_timeout=None)
+            await asyncio.sleep(0.8)
+            assert await client.request(ping()) == FastReply.ACCEPT
+            # A raw peer that sends its header and then nothing is closed by the timeout.
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(b"\xe3")
+            started = time.monotonic()
+            assert await reader.read(1) == b"\xe3"
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            assert 0.25 < time.monotonic() - started < 1.5
+            writer.close()
+            await client.close()
+
+    tcp.run(main())
+
+
+def test_slow_loris_without_header_is_closed_by_open_timeout(tcp: Net) -> None:
+    async def main() -> None:
+        async with tcp.serve(router(), open_timeout=0.3) as server:
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            started = time.monotonic()
+            assert await reader.read(1) == b"\xe3"
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            assert time.monotonic() - started < 1.5
+            writer.close()
+
+    tcp.run(main())
+
+
+def test_connect_errors_are_typed(tcp: Net) -> None:
+    async def main() -> None:
+        sock = socket.socket()
+        sock.bind((HOST, 0))
+        port = sock.getsockname()[1]
+        sock.close()  # nothing listens there now
+        with pytest.raises(ConnectError, match="could not connect"):
+            await connect(HOST, port, connect_timeout=2)
+
+    tcp.run(main())
