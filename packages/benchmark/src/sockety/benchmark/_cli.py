@@ -25,7 +25,7 @@ from rich.progress import Progress as RichProgress
 
 from ._cases import CASES, Case
 from ._net import HAVE_UVLOOP
-from ._output import add_ratios, metadata, render_table, write_json
+from ._output import add_ratios, metadata, render_table, write_json, write_markdown
 from ._runner import BenchmarkError, Options, Progress, SuiteProcesses, plan_cores, run_benchmark
 from ._suite import Suite
 from ._suites import load_suites
@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="also write machine-readable results to PATH ('-' for stdout)",
+    )
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="PATH",
+        help="also write the table as GitHub markdown to PATH",
     )
     p.add_argument(
         "--server-only",
@@ -264,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         render_table(rows, meta, out)
     if args.json:
         write_json(args.json, meta, rows)
+    if args.markdown:
+        write_markdown(args.markdown, meta, rows)
     if interrupted:
         return 130
     return 1 if any(r["status"] in ("error", "timeout") for r in rows) else 0

@@ -27,6 +27,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
 
 __all__ = ["H2ClientProtocol", "H2Response"]
 
@@ -64,7 +65,15 @@ class H2ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.conn.local_settings.initial_window_size = _WINDOW
+        # Initial values (not a pending update) so the first SETTINGS frame carries them and
+        # the per-stream receive windows agree with what the server believes.
+        self.conn.local_settings = Settings(
+            client=True,
+            initial_values={
+                SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(2**30)
         self.flush()

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ._cases import CASES
 
-__all__ = ["add_ratios", "render_table", "write_json"]
+__all__ = ["add_ratios", "metadata", "render_table", "write_json", "write_markdown"]
 
 _CASE_ORDER = {case.name: i for i, case in enumerate(CASES)}
 
@@ -63,72 +63,96 @@ def _note(row: dict[str, Any]) -> str:
     return text if len(text) <= 70 else text[:69] + "…"
 
 
-def render_table(rows: list[dict[str, Any]], meta: dict[str, Any], console: Console) -> None:
-    table = Table(
-        title="sockety-bench",
-        caption=(
-            f"{meta['clients']} client process(es) x {meta['connections']} connection(s) x "
-            f"{meta['concurrency']} in flight, {meta['server_workers']} server worker(s), "
-            f"{meta['duration']}s per case after {meta['warmup']}s warmup, loop={meta['loop']}; "
-            f"{meta['pinning']}. CPU usr/sys in % of one core; µs/op = CPU µs per request "
-            "(per MB for MB/s cases)."
-        ),
-        header_style="bold",
+HEADERS = (
+    "case",
+    "suite",
+    "ok %",
+    "rate",
+    "p50",
+    "p90",
+    "p99",
+    "max",
+    "cli CPU usr/sys",
+    "srv CPU usr/sys",
+    "cli µs/op",
+    "srv µs/op",
+    "vs raw",
+    "note",
+)
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    """The table cells of one result row, as text."""
+    if row["status"] != "ok":
+        label = row["status"] if row["status"] == "n/a" else row["status"].upper()
+        return [row["case"], row["suite"], label, *["-"] * 10, _note(row)]
+    lat = row.get("latency_us") or {}
+    rate = f"{row['rate']:,.0f} req/s" if row["unit"] == "req" else f"{row['rate']:,.0f} MB/s"
+    cli_pct, cli_op = _cpu(row.get("client_cpu"))
+    srv_pct, srv_op = _cpu(row.get("server_cpu"))
+    ratio = row.get("vs_raw")
+    success = row["success_pct"]
+    return [
+        row["case"],
+        row["suite"],
+        f"{success:.1f}" if success < 100 else "100",
+        rate,
+        _lat(lat.get("p50")),
+        _lat(lat.get("p90")),
+        _lat(lat.get("p99")),
+        _lat(lat.get("max")),
+        cli_pct,
+        srv_pct,
+        cli_op,
+        srv_op,
+        "-" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x",
+        _note(row),
+    ]
+
+
+def caption(meta: dict[str, Any]) -> str:
+    return (
+        f"{meta['clients']} client process(es) x {meta['connections']} connection(s) x "
+        f"{meta['concurrency']} in flight, {meta['server_workers']} server worker(s), "
+        f"{meta['duration']}s per case after {meta['warmup']}s warmup, loop={meta['loop']}; "
+        f"{meta['pinning']}. CPU usr/sys in % of one core; µs/op = CPU µs per request "
+        "(per MB for MB/s cases)."
     )
-    table.add_column("case")
-    table.add_column("suite")
-    table.add_column("ok %", justify="right")
-    table.add_column("rate", justify="right")
-    table.add_column("p50", justify="right")
-    table.add_column("p90", justify="right")
-    table.add_column("p99", justify="right")
-    table.add_column("max", justify="right")
-    table.add_column("cli CPU\nusr/sys", justify="right")
-    table.add_column("srv CPU\nusr/sys", justify="right")
-    table.add_column("cli\nµs/op", justify="right")
-    table.add_column("srv\nµs/op", justify="right")
-    table.add_column("vs raw", justify="right")
-    table.add_column("note")
+
+
+def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The same table as GitHub-flavoured markdown (for READMEs and reports)."""
+    lines = ["| " + " | ".join(HEADERS) + " |"]
+    lines.append("|" + "|".join("---" if i < 2 or i == 13 else "--:" for i in range(14)) + "|")
+    for row in rows:
+        text = [c.replace("|", "\\|") for c in cells(row)]
+        lines.append("| " + " | ".join(text) + " |")
+    lines.append("")
+    lines.append(caption(meta))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def render_table(rows: list[dict[str, Any]], meta: dict[str, Any], console: Console) -> None:
+    table = Table(title="sockety-bench", caption=caption(meta), header_style="bold")
+    for i, header in enumerate(HEADERS):
+        table.add_column(
+            header.replace(" usr", "\nusr").replace(" µs", "\nµs"),
+            justify="left" if i < 2 or i == 13 else "right",
+        )
     previous = None
     for row in rows:
         if previous is not None and row["case"] != previous:
             table.add_section()
         previous = row["case"]
+        text = cells(row)
         if row["status"] != "ok":
             style = "dim" if row["status"] == "n/a" else "red"
-            label = row["status"] if row["status"] == "n/a" else row["status"].upper()
             table.add_row(
-                row["case"],
-                row["suite"],
-                Text(label, style=style),
-                *["-"] * 10,
-                Text(_note(row), style=style),
+                *text[:2], Text(text[2], style=style), *text[3:13], Text(text[13], style=style)
             )
-            continue
-        lat = row.get("latency_us") or {}
-        rate = f"{row['rate']:,.0f} req/s" if row["unit"] == "req" else f"{row['rate']:,.0f} MB/s"
-        cli_pct, cli_op = _cpu(row.get("client_cpu"))
-        srv_pct, srv_op = _cpu(row.get("server_cpu"))
-        ratio = row.get("vs_raw")
-        success = row["success_pct"]
-        table.add_row(
-            row["case"],
-            row["suite"],
-            Text(
-                f"{success:.1f}" if success < 100 else "100", style="" if success >= 100 else "red"
-            ),
-            rate,
-            _lat(lat.get("p50")),
-            _lat(lat.get("p90")),
-            _lat(lat.get("p99")),
-            _lat(lat.get("max")),
-            cli_pct,
-            srv_pct,
-            cli_op,
-            srv_op,
-            "-" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x",
-            _note(row),
-        )
+        else:
+            style = "" if row["success_pct"] >= 100 else "red"
+            table.add_row(*text[:2], Text(text[2], style=style), *text[3:])
     console.print(table)
 
 
