@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import msgpack
+
 from sockety.core import Connection, new_id
 
 SMALL = msgpack.packb({"user": "alice", "text": "hello world", "n": 12345, "ok": True, "x": 1.5})

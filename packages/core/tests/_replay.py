@@ -64,11 +64,13 @@ def conversation(events: Iterable[Any]) -> dict[str, Any]:
         elif kind is StreamEnded:
             by_id[event.id]["stream"]["ended"] = True
         elif kind is FileChunkReceived:
-            by_id[event.id]["files"][event.index]["data"] += event.chunk
+            by_id[event.id]["files"][event.file_index]["data"] += event.chunk
         elif kind is FileEnded:
-            by_id[event.id]["files"][event.index]["ended"] = True
+            by_id[event.id]["files"][event.file_index]["ended"] = True
         elif kind is FastReplyReceived:
-            result["fast_replies"].append({"uuid": str(uuid.UUID(bytes=event.id)), "code": event.code})
+            result["fast_replies"].append(
+                {"uuid": str(uuid.UUID(bytes=event.id)), "code": event.code}
+            )
         elif kind is HeartbeatReceived:
             result["heartbeats"] += 1
         elif kind is GoAwayReceived:
@@ -103,9 +105,9 @@ def replay(events: Iterable[Any], sender: Connection) -> None:
         elif kind is StreamEnded:
             sender.end_stream(event.id)
         elif kind is FileChunkReceived:
-            sender.send_file(event.id, event.index, event.chunk)
+            sender.send_file(event.id, event.file_index, event.chunk)
         elif kind is FileEnded:
-            sender.end_file(event.id, event.index)
+            sender.end_file(event.id, event.file_index)
         elif kind is FastReplyReceived:
             sender.send_fast_reply(event.id, event.code)
         elif kind is HeartbeatReceived:

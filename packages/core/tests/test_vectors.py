@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from sockety.core import Connection
 
 from ._replay import conversation, replay

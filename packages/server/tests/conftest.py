@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trustme
+
 from sockety.client import Connection, connect
 from sockety.core.aio import loop_factory
 from sockety.server import Server, serve
@@ -52,9 +53,11 @@ class Net:
     async def pair(
         self, handler: Any, client_options: dict[str, Any] | None = None, **server_options: Any
     ) -> AsyncIterator[tuple[Server, Connection]]:
-        async with self.serve(handler, **server_options) as server:
-            async with self.connect(server, **(client_options or {})) as client:
-                yield server, client
+        async with (
+            self.serve(handler, **server_options) as server,
+            self.connect(server, **(client_options or {})) as client,
+        ):
+            yield server, client
 
 
 def _contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:

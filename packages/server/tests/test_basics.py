@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from sockety.client import (
     ConnectionClosedError,
     ConnectionLostError,
@@ -187,7 +188,9 @@ def test_broadcast_to_all_and_filtered(tcp: Net) -> None:
             assert len(server.connections) == 3
             chosen = {c.local_address for c in clients[:2]}
             assert server.broadcast(Draft("all")()) == 3
-            assert server.broadcast(Draft("some")(), where=lambda c: c.remote_address in chosen) == 2
+            assert (
+                server.broadcast(Draft("some")(), where=lambda c: c.remote_address in chosen) == 2
+            )
             for index, client in enumerate(clients):
                 got = [(await anext(aiter(client))).action]
                 if index < 2:

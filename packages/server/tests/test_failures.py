@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+
 from sockety.client import (
     ConnectError,
     ConnectionClosedError,
@@ -58,8 +59,7 @@ def test_graceful_server_close_during_100_in_flight_requests(net: Net) -> None:
         await asyncio.sleep(0.05)  # let them reach the server
         closing = server.close(timeout=5)
         # Go Away reaches the client: new requests are refused at once, clearly.
-        while not client._closing:
-            await asyncio.sleep(0.005)
+        await client.wait_going_away()
         with pytest.raises(GoingAwayError, match="going away"):
             client.request(ping())
         # ... and new connections are refused too.
@@ -187,16 +187,15 @@ def test_malformed_bytes_close_only_that_connection(net: Net) -> None:
 
 
 def test_protocol_error_reason_is_typed(tcp: Net) -> None:
-    closed: list[ConnectionClosedError | None] = []
-
     async def scenario() -> None:
-        server = await tcp.serve(router(), on_disconnect=lambda c: closed.append(c.close_reason))
+        closed: asyncio.Queue[ConnectionClosedError | None] = asyncio.Queue()
+        server = await tcp.serve(
+            router(), on_disconnect=lambda c: closed.put_nowait(c.close_reason)
+        )
         sock = socket.create_connection((HOST, server.port))
         sock.sendall(b"\xe3\x20\x05\x01\x00\x00\x00\x00")  # flags: reserved bit 0 set
-        while not closed:
-            await asyncio.sleep(0.01)
+        reason = await closed.get()
         sock.close()
-        (reason,) = closed
         assert isinstance(reason, ConnectionLostError)
         assert isinstance(reason.cause, RemoteProtocolError)
         assert reason.cause.kind == "bad_header"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sockety.core import Connection, FastReplyReceived, ResponseReceived
 from sockety.server import Message, ResponseDraft, Router
 

@@ -14,7 +14,7 @@ from sockety.core.aio import Connection, Handler
 __all__ = ["connect"]
 
 
-class connect:  # noqa: N801 - used like a function, as websockets.connect is
+class connect:  # used like a function, as websockets.connect is
     """Connects to a Sockety server; await it, or use it with ``async with``::
 
         async with connect("127.0.0.1", 9000) as client:

@@ -72,6 +72,4 @@ class Connection(Sender, Receiver):
     @property
     def idle(self) -> bool:
         """Nothing is being sent or received: no exchange in progress in either direction."""
-        return (
-            not self._outgoing and not any(self._incoming) and not self._out and not self._chunks
-        )
+        return not self._outgoing and not any(self._incoming) and not self._out and not self._chunks

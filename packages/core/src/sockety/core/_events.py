@@ -84,20 +84,21 @@ class StreamEnded(NamedTuple):
 
 
 class FileChunkReceived(NamedTuple):
-    """Bytes of file ``index`` of the message/response ``id``."""
+    """Bytes of file ``file_index`` of the message/response ``id``."""
 
     channel: int
     id: bytes
-    index: int
+    file_index: int
     chunk: bytes
 
 
 class FileEnded(NamedTuple):
-    """File ``index`` of the message/response ``id`` is complete (its declared size arrived)."""
+    """File ``file_index`` of the message/response ``id`` is complete (its declared size
+    arrived)."""
 
     channel: int
     id: bytes
-    index: int
+    file_index: int
 
 
 class FastReplyReceived(NamedTuple):

@@ -10,7 +10,7 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from sockety.core.aio import Connection, Handler, Outgoing
 
@@ -79,8 +79,7 @@ class Server:
 
     def _connected(self, connection: Connection) -> bool:
         if self._closing is not None or (
-            self._max_connections is not None
-            and len(self._connections) >= self._max_connections
+            self._max_connections is not None and len(self._connections) >= self._max_connections
         ):
             return False
         self._connections.add(connection)
@@ -189,9 +188,10 @@ class _ServerConnection(Connection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if not self._server._connected(self):
-            logger.warning("refusing connection from %s: server full or closing",
-                           self.remote_address)
-            transport.abort()
+            logger.warning(
+                "refusing connection from %s: server full or closing", self.remote_address
+            )
+            cast(asyncio.Transport, transport).abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -207,7 +207,7 @@ def _format(address: Any) -> str:
     return str(address)
 
 
-class serve:  # noqa: N801 - used like a function, as websockets.serve is
+class serve:  # used like a function, as websockets.serve is
     """Starts a Sockety server; await it, or use it with ``async with``::
 
         async with serve(router, "127.0.0.1", 9000) as server:

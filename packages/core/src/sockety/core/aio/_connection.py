@@ -22,7 +22,7 @@ import inspect
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from .. import _connection as _core
@@ -119,6 +119,7 @@ class Connection(asyncio.Protocol):
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._idle_waiter: asyncio.Future[None] | None = None
+        self._going_away: asyncio.Future[None] = self._loop.create_future()
         self._progress: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -406,12 +407,14 @@ class Connection(asyncio.Protocol):
             events = self._core.receive_data(data)
         except RemoteProtocolError as error:
             self._process(error.events)  # what arrived intact before the violation
-            logger.info("closing connection from %s: protocol error: %s", self._remote_address, error)
+            logger.info(
+                "closing connection from %s: protocol error: %s", self._remote_address, error
+            )
             self._fail(ConnectionLostError(f"protocol error from the peer: {error}", error))
             return
         self._process(events)
 
-    def _process(self, events: list[Any]) -> None:
+    def _process(self, events: Sequence[Any]) -> None:
         self._in_receive = True
         handlers = self._handlers
         try:
@@ -496,9 +499,13 @@ class Connection(asyncio.Protocol):
         except Exception as error:
             self._handler_failed(message, error)
             return
-        if isinstance(code, int) and message.expects_response and not message._answered:
-            if not self.closed:
-                message.fast_reply(code)
+        if (
+            isinstance(code, int)
+            and message.expects_response
+            and not message._answered
+            and not self.closed
+        ):
+            message.fast_reply(code)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -554,12 +561,12 @@ class Connection(asyncio.Protocol):
     def _on_file_chunk(self, event: FileChunkReceived) -> None:
         target = self._receiving.get(event.id)
         if target is not None:
-            target.files[event.index]._feed(event.chunk)
+            target.files[event.file_index]._feed(event.chunk)
 
     def _on_file_end(self, event: FileEnded) -> None:
         target = self._receiving.get(event.id)
         if target is not None:
-            target.files[event.index]._end()
+            target.files[event.file_index]._end()
             if not target._unfinished():
                 del self._receiving[event.id]
 
@@ -579,6 +586,7 @@ class Connection(asyncio.Protocol):
             request = self._requests.pop(raw_id, None)
             if request is not None:
                 request._fail(GoingAwayError("the peer is going away; the message was not sent"))
+        self._set_going_away()
         if not self._closing:
             self._close_task = self._loop.create_task(self.close())
 
@@ -640,14 +648,12 @@ class Connection(asyncio.Protocol):
         if self._error is not None:
             return
         now = self._loop.time()
-        if not self._opened.done() and self._open_timeout:
-            if now - self._last_tx >= self._open_timeout and not self._core.opened:
-                self._fail(
-                    ConnectionLostError(
-                        f"no connection header from the peer within {self._open_timeout:g} s"
-                    )
-                )
-                return
+        limit = self._open_timeout
+        if limit and not self._core.opened and now - self._last_tx >= limit:
+            self._fail(
+                ConnectionLostError(f"no connection header from the peer within {limit:g} s")
+            )
+            return
         if self._idle_timeout and now - self._last_rx >= self._idle_timeout:
             self._fail(
                 ConnectionLostError(f"idle timeout: nothing received for {self._idle_timeout:g} s")
@@ -669,6 +675,16 @@ class Connection(asyncio.Protocol):
                 waiter.cancel()
         self._check_open()
 
+    @property
+    def going_away(self) -> bool:
+        """Whether Go Away was sent or received (no new messages), or the connection closed."""
+        return self._going_away.done()
+
+    async def wait_going_away(self) -> None:
+        """Waits until Go Away is sent or received (e.g. the server is shutting down), or the
+        connection closes: the moment to stop sending new messages here."""
+        await asyncio.shield(self._going_away)
+
     async def wait_closed(self) -> None:
         """Waits until the connection is closed."""
         await asyncio.shield(self._closed)
@@ -679,6 +695,7 @@ class Connection(asyncio.Protocol):
         if self._error is None and self._transport is not None:
             if not self._closing:
                 self._closing = True
+                self._set_going_away()
                 self._core.send_go_away()
                 self._schedule_flush()
             limit = self._close_timeout if timeout is None else timeout
@@ -689,9 +706,7 @@ class Connection(asyncio.Protocol):
                     await asyncio.wait_for(asyncio.shield(self._idle_waiter), limit)
                 except TimeoutError:
                     self._set_error(
-                        ConnectionClosedError(
-                            f"closed with exchanges unfinished after {limit:g} s"
-                        )
+                        ConnectionClosedError(f"closed with exchanges unfinished after {limit:g} s")
                     )
             if self._error is None:
                 self._set_error(ConnectionClosedError("connection closed"))
@@ -715,6 +730,10 @@ class Connection(asyncio.Protocol):
             and not core._out
             and not core._chunks
         )
+
+    def _set_going_away(self) -> None:
+        if not self._going_away.done():
+            self._going_away.set_result(None)
 
     def _check_idle(self) -> None:
         waiter = self._idle_waiter
@@ -763,11 +782,10 @@ class Connection(asyncio.Protocol):
         if not self._opened.done():
             self._opened.set_exception(error)
             self._opened.exception()
+        self._set_going_away()
         if self._transport is None and not self._closed.done():
             self._closed.set_result(None)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<sockety Connection {self._remote_address} {state}>"
-
-

@@ -29,8 +29,6 @@ def as_code(code: int) -> int:
     return _KNOWN[code] if code < len(_KNOWN) else code
 
 
-
-
 class Incoming:
     """A message or response that arrived. Its data is here; its stream and files follow."""
 
@@ -252,9 +250,7 @@ class Request(Transfer):
         try:
             return await asyncio.wait_for(asyncio.shield(self._future), timeout)
         except TimeoutError:
-            raise ResponseTimeoutError(
-                f"no response to {self.id} within {timeout:g} s"
-            ) from None
+            raise ResponseTimeoutError(f"no response to {self.id} within {timeout:g} s") from None
 
     async def responses(self) -> AsyncIterator[Response | int]:
         """Every reply as it arrives (needs ``request(..., multiple=True)``), until ``close()``

@@ -4,7 +4,6 @@ runs inline, without a task."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -98,11 +97,9 @@ class Router:
             if handler is None:
                 return self.unknown
             result = handler(message)
-            if result is None or type(result) is int or isinstance(result, int):
+            if result is None or isinstance(result, int):
                 return result
-            if inspect.isawaitable(result):
-                return self._finish(message, result)
-            return None
+            return self._finish(message, result)
         except Exception as error:
             return self._failed(message, error)
 

@@ -101,7 +101,7 @@ class ReceivedFile(StreamReader):
     async def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the file to ``path`` chunk by chunk; returns the path."""
         target = Path(path)
-        with target.open("wb") as out:
+        with target.open("wb") as out:  # noqa: ASYNC230 - page-cache writes of one chunk
             async for chunk in self:
                 out.write(chunk)
         return target
