@@ -799,7 +799,7 @@ def test_header_split_over_continue_packets(
     assert HeartbeatReceived() in events
     for index, (_, size) in enumerate(files):
         chunks_in = b"".join(
-            e.chunk for e in events if type(e) is FileChunkReceived and e.index == index
+            e.chunk for e in events if type(e) is FileChunkReceived and e.file_index == index
         )
         assert chunks_in == bytes([index]) * size
         assert FileEnded(0, ID2 if is_response else ID, index) in events
