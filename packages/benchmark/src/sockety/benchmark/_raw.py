@@ -51,6 +51,7 @@ _STREAM_REQ: Final = struct.Struct("<QI")
 #: Bodies larger than this are received into their own buffer and written without copying.
 BIG: Final = 16 * 1024
 _RECV_BUFFER: Final = 256 * 1024
+_WRITE_HIGH: Final = 4 * 1024 * 1024
 
 T_PING, T_PONG, T_SHORT, T_REGULAR, T_DATA, T_SEND, T_COUNT = 1, 2, 3, 4, 5, 6, 7
 T_STREAM, T_RESPONSE, T_CHUNK, T_END, T_ERROR, T_ECHO = 8, 9, 10, 11, 12, 13
@@ -83,6 +84,8 @@ class _Framed(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # Keep a few large bodies queued so the socket never runs dry between them.
+        self._transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_HIGH // 4)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
@@ -185,9 +188,10 @@ class _Framed(asyncio.BufferedProtocol):
                     waiter.set_exception(exc)
 
     async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark."""
         if self._closed:
             raise ConnectionResetError("connection closed")
-        if self._paused:
+        while self._paused:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter

@@ -46,8 +46,11 @@ class RawConnection(Connection):
         count: int = struct.unpack("<Q", await self.protocol.request(T_COUNT))[0]
         return count
 
-    def upload(self, body: bytes) -> Awaitable[Any]:
-        return self.protocol.request(T_DATA, body)
+    async def upload(self, body: bytes) -> Any:
+        # Respect backpressure before queueing another large body: piling megabytes into the
+        # transport buffer only measures memmove (quadratically so on asyncio < 3.12).
+        await self.protocol.drain()
+        return await self.protocol.request(T_DATA, body)
 
     def download(self, total: int, chunk: int, on_data: Callable[[int], None]) -> Awaitable[Any]:
         return self.protocol.stream(total, chunk, on_data)
