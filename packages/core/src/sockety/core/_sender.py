@@ -178,7 +178,8 @@ class Sender:
         header = message_header_packet(
             id, _as_bytes(action), len(data), file_list, stream, expects_response
         )
-        self._begin(_Outgoing(id, header, True), data, file_list, stream)
+        if file_list or stream or not self._write_whole(id, header, data):
+            self._begin(_Outgoing(id, header, True), data, file_list, stream)
 
     def send_response(
         self,
@@ -195,7 +196,27 @@ class Sender:
         header = response_header_packet(
             parent_id, id, len(data), file_list, stream, expects_response
         )
-        self._begin(_Outgoing(id, header, False), data, file_list, stream)
+        if file_list or stream or not self._write_whole(id, header, data):
+            self._begin(_Outgoing(id, header, False), data, file_list, stream)
+
+    def _write_whole(self, id: bytes, header: bytes, data: Buffer) -> bool:
+        """The hot path: an exchange of a header and at most one packet of data is written at
+        once when a channel is free, taken and released in the same breath. False if it cannot
+        be (then it goes the general way)."""
+        if len(data) > self._max_packet or not self._free or self._waiting:
+            return False
+        if len(id) != 16:
+            raise LocalProtocolError("an id is 16 bytes")
+        if id in self._outgoing:
+            raise LocalProtocolError(f"id {id.hex()} is already being sent")
+        channel = self._wch
+        if channel >= self._send_channels or self._busy[channel]:
+            channel = self._free_channel()
+            self._switch(channel)
+        self._out += header
+        if data:
+            self._payload(sized_prefix(0xE0, len(data)), data)
+        return True
 
     def _begin(
         self, outgoing: _Outgoing, data: Buffer, files: list[tuple[bytes, int]], stream: bool
@@ -360,7 +381,8 @@ class Sender:
                 out.clear()
             self._chunks.append(payload)
 
-    def _assign(self, outgoing: _Outgoing) -> None:
+    def _free_channel(self) -> int:
+        """The current write channel if it is free, else the first free one scanning up."""
         busy = self._busy
         channel = self._wch
         if channel >= self._send_channels or busy[channel]:
@@ -368,6 +390,11 @@ class Sender:
             channel = (channel + 1) % count
             while busy[channel]:
                 channel = (channel + 1) % count
+        return channel
+
+    def _assign(self, outgoing: _Outgoing) -> None:
+        busy = self._busy
+        channel = self._free_channel()
         busy[channel] = 1
         self._free -= 1
         outgoing.channel = channel
