@@ -63,13 +63,13 @@ async def _roundtrip_checks() -> None:
         await server.wait_closed()
 
 
-def test_raw_roundtrip_1mib_uvloop() -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_raw_roundtrip_1mib(loop: str) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(_roundtrip_checks())
-
-
-async def test_raw_roundtrip_1mib_asyncio() -> None:
-    await _roundtrip_checks()
 
 
 class _Collector(RawServerProtocol):
@@ -81,8 +81,12 @@ class _Collector(RawServerProtocol):
         self.frames.append((fid, ftype, bytes(body)))
 
 
-async def test_parser_reassembles_frames_from_arbitrary_reads() -> None:
+def test_parser_reassembles_frames_from_arbitrary_reads() -> None:
     """Frames split at every possible place, large bodies received into their own buffer."""
+    asyncio.run(_reassemble())
+
+
+async def _reassemble() -> None:
     rng = random.Random(7)
     frames = [
         (1, 3, b""),
