@@ -207,8 +207,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Console(width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True)
+    if args.json is not None and str(args.json) == "-":
+        out = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # JSON owns stdout
+    else:
+        out = Console(width=None if sys.stdout.isatty() else 200)
     opts = Options(
         duration=args.time if args.time is not None else QUICK_DURATION if args.quick else 3.0,
         warmup=args.warmup if args.warmup is not None else QUICK_WARMUP if args.quick else 1.0,

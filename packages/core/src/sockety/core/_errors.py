@@ -101,12 +101,18 @@ class ConnectError(SocketyError):
 
 
 class ConnectionClosedError(SocketyError):
-    """The connection is closed; ``reason`` says why, ``cause`` is the underlying error if any."""
+    """The connection is closed; ``reason`` says why, ``cause`` is the underlying error if any,
+    and ``kind`` is a short stable label for it (for logs and metrics): ``closed`` (by this
+    side), ``closed_by_peer``, ``grace_timeout``, ``lost`` (reset, EOF mid-exchange),
+    ``tls_error``, ``protocol_error``, ``idle_timeout``, ``open_timeout``, ``refused``."""
 
-    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self, reason: str, cause: BaseException | None = None, *, kind: str = "closed"
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cause = cause
+        self.kind = kind
 
 
 class ConnectionLostError(ConnectionClosedError):

@@ -10,8 +10,9 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
+from sockety.core import ConnectionClosedError
 from sockety.core.aio import Connection, Handler, Outgoing
 
 __all__ = ["Server", "serve"]
@@ -191,7 +192,7 @@ class _ServerConnection(Connection):
             logger.warning(
                 "refusing connection from %s: server full or closing", self.remote_address
             )
-            cast(asyncio.Transport, transport).abort()
+            self._fail(ConnectionClosedError("server full or closing", kind="refused"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -131,6 +131,12 @@ class Connection(asyncio.Protocol):
         self._closing = False
         self._error: ConnectionClosedError | None = None
         self._close_task: asyncio.Task[None] | None = None
+        #: Traffic counters (read by metrics): bytes, messages received, answers sent.
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.responses_sent = 0
+        self.fast_replies_sent: dict[int, int] = {}
         self._remote_address: Any = None
         self._local_address: Any = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -341,8 +347,10 @@ class Connection(asyncio.Protocol):
         if chunks:
             if len(chunks) == 1:
                 transport.write(chunks[0])
+                self.bytes_sent += len(chunks[0])
             else:
                 transport.writelines(chunks)
+                self.bytes_sent += sum(map(len, chunks))
             self._last_tx = self._loop.time()
         if not self._write_paused:
             progress = self._progress
@@ -403,6 +411,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
+        self.bytes_received += len(data)
         try:
             events = self._core.receive_data(data)
         except RemoteProtocolError as error:
@@ -410,7 +419,11 @@ class Connection(asyncio.Protocol):
             logger.info(
                 "closing connection from %s: protocol error: %s", self._remote_address, error
             )
-            self._fail(ConnectionLostError(f"protocol error from the peer: {error}", error))
+            self._fail(
+                ConnectionLostError(
+                    f"protocol error from the peer: {error}", error, kind="protocol_error"
+                )
+            )
             return
         self._process(events)
 
@@ -434,15 +447,25 @@ class Connection(asyncio.Protocol):
         self._transport = None
         if self._error is None:
             if exc is not None:
-                kind = "TLS error" if isinstance(exc, ssl.SSLError) else "connection lost"
-                self._set_error(ConnectionLostError(f"{kind}: {exc}", exc))
+                tls = isinstance(exc, ssl.SSLError)
+                self._set_error(
+                    ConnectionLostError(
+                        f"{'TLS error' if tls else 'connection lost'}: {exc}",
+                        exc,
+                        kind="tls_error" if tls else "lost",
+                    )
+                )
             elif self._closing and self._core.idle and not self._requests:
                 self._set_error(ConnectionClosedError("connection closed"))
             elif self._core.idle and not self._requests and not self._receiving:
-                self._set_error(ConnectionClosedError("connection closed by the peer"))
+                self._set_error(
+                    ConnectionClosedError("connection closed by the peer", kind="closed_by_peer")
+                )
             else:
                 self._set_error(
-                    ConnectionLostError("the peer closed the connection during an exchange")
+                    ConnectionLostError(
+                        "the peer closed the connection during an exchange", kind="lost"
+                    )
                 )
         self._shutdown()
         if not self._closed.done():
@@ -455,6 +478,7 @@ class Connection(asyncio.Protocol):
             self._opened.set_result(None)
 
     def _on_message(self, event: MessageReceived) -> None:
+        self.messages_received += 1
         message = Message(
             self,
             event.id,
@@ -651,12 +675,17 @@ class Connection(asyncio.Protocol):
         limit = self._open_timeout
         if limit and not self._core.opened and now - self._last_tx >= limit:
             self._fail(
-                ConnectionLostError(f"no connection header from the peer within {limit:g} s")
+                ConnectionLostError(
+                    f"no connection header from the peer within {limit:g} s", kind="open_timeout"
+                )
             )
             return
         if self._idle_timeout and now - self._last_rx >= self._idle_timeout:
             self._fail(
-                ConnectionLostError(f"idle timeout: nothing received for {self._idle_timeout:g} s")
+                ConnectionLostError(
+                    f"idle timeout: nothing received for {self._idle_timeout:g} s",
+                    kind="idle_timeout",
+                )
             )
             return
         if self._heartbeat_interval and now - self._last_tx >= self._heartbeat_interval:
@@ -706,7 +735,10 @@ class Connection(asyncio.Protocol):
                     await asyncio.wait_for(asyncio.shield(self._idle_waiter), limit)
                 except TimeoutError:
                     self._set_error(
-                        ConnectionClosedError(f"closed with exchanges unfinished after {limit:g} s")
+                        ConnectionClosedError(
+                            f"closed with exchanges unfinished after {limit:g} s",
+                            kind="grace_timeout",
+                        )
                     )
             if self._error is None:
                 self._set_error(ConnectionClosedError("connection closed"))

@@ -100,6 +100,8 @@ class Incoming:
         connection = self._connection
         connection._check_open()
         connection._core.send_fast_reply(self._raw_id, code)
+        counts = connection.fast_replies_sent
+        counts[code] = counts.get(code, 0) + 1
         connection._schedule_flush()
 
     def respond(self, response: Outgoing, *, expects_response: bool = False) -> Transfer:
@@ -107,6 +109,7 @@ class Incoming:
         ``sent()`` or abort."""
         self._answered = True
         reply = self._connection._start(response, self._raw_id, expects_response, False)
+        self._connection.responses_sent += 1
         if self.stream is not None or self.files:
             self._replies.append(reply)  # aborted with this message if the peer aborts it
         return reply
