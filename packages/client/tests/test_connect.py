@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trustme
+
 from sockety.client import ConnectError, Draft, FastReply, Message, Router, connect
 from sockety.core.aio import loop_factory
 from sockety.server import serve
