@@ -88,7 +88,7 @@ class Outgoing:
         self.action = action
         self.data = data
         self.files = files
-        self.header_files = tuple((file.name, file.size) for file in files)
+        self.header_files = tuple((file.name, file.size) for file in files) if files else ()
         self.stream = stream
 
     def __repr__(self) -> str:

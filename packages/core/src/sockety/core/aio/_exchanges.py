@@ -68,9 +68,13 @@ class Incoming:
         #: The attached stream, or None.
         self.stream: StreamReader | None = StreamReader(connection) if has_stream else None
         #: The attached files, in order.
-        self.files: tuple[ReceivedFile, ...] = tuple(
-            ReceivedFile(connection, index, file.name, file.size)
-            for index, file in enumerate(files)
+        self.files: tuple[ReceivedFile, ...] = (
+            tuple(
+                ReceivedFile(connection, index, file.name, file.size)
+                for index, file in enumerate(files)
+            )
+            if files
+            else ()
         )
 
     @property
@@ -127,6 +131,7 @@ class Incoming:
 
 
 _UNSET: Any = object()
+_NO_QUEUE: deque[Any] = deque(maxlen=0)  # single-reply requests never queue
 
 
 class Message(Incoming):
@@ -218,7 +223,7 @@ class Request(Transfer):
         super().__init__(connection, raw_id, has_stream)
         self._future: asyncio.Future[Response | int] = connection._loop.create_future()
         self._multiple = multiple
-        self._queue: deque[Response | int] = deque()
+        self._queue: deque[Response | int] = deque() if multiple else _NO_QUEUE
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
