@@ -83,7 +83,10 @@ def merge(
         "note": "; ".join(dict.fromkeys(errors)) or None,
     }
     attempts = ok + failed
-    row["success_pct"] = round(100 * ok / attempts, 2) if attempts else 0.0
+    if attempts:
+        row["success_pct"] = round(100 * ok / attempts, 2)
+    else:  # a stream still running at the end of the window moved bytes without failing
+        row["success_pct"] = 100.0 if nbytes else 0.0
     if case is NOREPLY:
         sent = sum(s.sent for s in samples)
         received = sum(s.received for s in samples)

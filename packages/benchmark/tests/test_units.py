@@ -1,0 +1,50 @@
+"""Pure pieces of the harness: percentiles, filters, core planning."""
+
+from __future__ import annotations
+
+import pytest
+
+from sockety.benchmark._cli import build_parser, select
+from sockety.benchmark._runner import plan_cores
+from sockety.benchmark._stats import percentiles
+from sockety.benchmark._suites import load_suites
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_percentiles_are_exact_nearest_rank() -> None:
+    samples = list(range(1000, 101_000, 1000))  # 1..100 µs, shuffled order must not matter
+    result = percentiles(samples[::-1])
+    assert result == {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
+    assert percentiles([]) is None
+    assert percentiles([7000]) == {"p50": 7.0, "p90": 7.0, "p99": 7.0, "max": 7.0}
+
+
+def test_filters_and_between_flags_or_within_commas() -> None:
+    suites, problems = load_suites()
+    assert problems == []
+    names = [s.name for s in suites]
+    assert names[0] == "raw"  # the yardstick comes first
+    plan = select(suites, ["raw", "regular"], [])
+    assert [(s.name, [c.name for c in cases]) for s, cases in plan] == [("raw", ["regular"])]
+    plan = select(suites, ["raw,grpc", "short,regular"], ["grpc short"])
+    assert [(s.name, [c.name for c in cases]) for s, cases in plan] == [
+        ("raw", ["short", "regular"]),
+        ("grpc", ["regular"]),
+    ]
+    assert select(suites, ["nothing-matches"], []) == []
+
+
+def test_cli_accepts_two_letter_options() -> None:
+    args = build_parser().parse_args(["-c", "2", "-cc", "16", "-cn", "3", "-s", "2"])
+    assert (args.clients, args.concurrency, args.connections, args.server_workers) == (2, 16, 3, 2)
+
+
+def test_plan_cores_keeps_sides_apart() -> None:
+    servers, clients, text = plan_cores(1, 1)
+    if "not pinned" in text:
+        pytest.skip(text)
+    assert servers[0] and clients[0]
+    assert not set(servers[0]) & set(clients[0])
+    servers, clients, text = plan_cores(1, 1, pin=False)
+    assert servers == [None] and clients == [None] and "not pinned" in text
