@@ -371,6 +371,13 @@ class Receiver:
             incoming.header = bytearray(header)
         elif incoming.data_left == 0:
             self._announce(incoming, events, b"")
+        elif end < n and buf[end] & 0xF3 == 0xE0:
+            # The hot path: the data follows at once, whole, in one Data packet.
+            size, data_start = self._sized(buf, end, n, buf[end])
+            if size == incoming.data_size and data_start + size <= n:
+                incoming.data_left = 0
+                self._announce(incoming, events, buf[data_start : data_start + size])
+                return data_start + size
         return end
 
     def _on_continue(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
