@@ -29,6 +29,7 @@ from sockety.core.aio import (
     run,
 )
 
+from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
 from ._server import Server, serve
 
 __all__ = [
@@ -51,9 +52,12 @@ __all__ = [
     "Router",
     "SocketyError",
     "Server",
+    "ServerMetrics",
     "StreamReader",
     "StreamWriter",
     "Transfer",
+    "multiprocess_registry",
     "run",
     "serve",
+    "serve_metrics",
 ]
