@@ -76,6 +76,10 @@ class Connection:
         """``data-*``, ``file-mem`` and the fairness bulk: send ``body``; short reply."""
         raise NotImplementedError
 
+    def upload_memory_file(self, body: bytes) -> Awaitable[Any]:
+        """``file-mem``: send ``body`` as a file, if the protocol has files. Default: upload."""
+        return self.upload(body)
+
     async def upload_file(self, path: Path) -> Any:
         """``file-disk``: send the file at ``path``, short reply. Default: read it, then upload."""
         with path.open("rb") as f:
@@ -254,9 +258,12 @@ async def run_case_default(
             return conn.short
         if case is REGULAR or case is FAIRNESS:
             return lambda: conn.regular(REGULAR_REQUEST)
-        if case in (DATA_1M, DATA_4M, FILE_MEM):
+        if case in (DATA_1M, DATA_4M):
             body = bodies[case.body]
             return lambda: conn.upload(body)
+        if case is FILE_MEM:
+            file_body = bodies[case.body]
+            return lambda: conn.upload_memory_file(file_body)
         if case is FILE_DISK:
             return lambda: conn.upload_file(file_path)
         if case is STREAM:

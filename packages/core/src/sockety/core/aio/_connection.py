@@ -373,6 +373,14 @@ class Connection(asyncio.Protocol):
             self._progress = self._loop.create_future()
         await self._progress
 
+    async def drain(self) -> None:
+        """Waits while the transport's write buffer is over its limit (the peer reads slower
+        than we write); raises if the connection closed. ``send_nowait`` + ``drain`` is the
+        cheapest way to stream many messages with backpressure."""
+        while self._write_paused and self._error is None:
+            await self._next_progress()
+        self._check_open()
+
     async def _writable(self, raw_id: bytes) -> None:
         """Waits while this exchange has too much queued or the transport is paused."""
         core = self._core

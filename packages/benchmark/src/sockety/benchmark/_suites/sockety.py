@@ -1,0 +1,183 @@
+"""Suites ``sockety-tcp`` and ``sockety-tls``: sockety-server and sockety-client, as a user
+would write them (a Router with one handler per action, drafts prepared once).
+
+``ping`` is n/a: Sockety's Heartbeat is one-way by design (it only keeps a quiet connection
+alive), so there is no protocol-level round trip to time.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sockety.client import Connection as SocketyConnection
+from sockety.client import Draft, FastReply, FileTransfer, Message, Response, ResponseDraft, Router
+from sockety.client import connect as sockety_connect
+from sockety.server import serve as sockety_serve
+
+from .._cases import ALL_CASE_NAMES, REGULAR_RESPONSE
+from .._net import bind_socket, forever
+from .._suite import Connection, Suite
+
+__all__ = ["SocketyBenchConnection", "SocketyTcpSuite", "SocketyTlsSuite"]
+
+SHORT = Draft("short")
+REGULAR = Draft("regular", data="msgpack")
+NOREPLY = Draft("noreply", data="msgpack")
+COUNT = Draft("count")
+UPLOAD = Draft("upload", data="bytes")
+FILE = Draft("file", files=True)
+DOWNLOAD = Draft("download", data="msgpack")
+REGULAR_REPLY = ResponseDraft(data="msgpack")
+COUNT_REPLY = ResponseDraft(data="msgpack")
+STREAM_REPLY = ResponseDraft(stream=True)
+# The fairness case uploads 64 MiB as message data, which is held in memory whole.
+LIMITS: dict[str, Any] = {"max_data_size": 80 * 1024 * 1024}
+
+
+def make_router() -> Router:
+    router = Router()
+    received = 0
+
+    @router.action("short")
+    def short(message: Message) -> int:
+        return FastReply.ACCEPT
+
+    @router.action("regular")
+    def regular(message: Message) -> None:
+        message.msgpack()
+        message.respond(REGULAR_REPLY(REGULAR_RESPONSE))
+
+    @router.action("noreply")
+    def noreply(message: Message) -> None:
+        nonlocal received
+        message.msgpack()
+        received += 1
+
+    @router.action("count")
+    def count(message: Message) -> None:
+        message.respond(COUNT_REPLY(received))
+
+    @router.action("upload")
+    def upload(message: Message) -> int:
+        return FastReply.ACCEPT  # the data arrived whole before the handler runs
+
+    @router.action("file")
+    async def file(message: Message) -> int:
+        for received_file in message.files:
+            async for _ in received_file:
+                pass
+        return FastReply.ACCEPT
+
+    @router.action("download")
+    async def download(message: Message) -> None:
+        total, size = message.msgpack()
+        reply = message.respond(STREAM_REPLY())
+        assert reply.stream is not None
+        chunk = bytes(size)
+        for _ in range(total // size):
+            await reply.stream.send(chunk)
+        reply.stream.end()
+
+    return router
+
+
+class SocketyBenchConnection(Connection):
+    def __init__(self, client: SocketyConnection) -> None:
+        self.client = client
+
+    def short(self) -> Any:
+        return self.client.request(SHORT())
+
+    async def regular(self, obj: dict[str, Any]) -> Any:
+        reply = await self.client.request(REGULAR(obj))
+        assert isinstance(reply, Response)
+        return reply.msgpack()
+
+    def send(self, obj: dict[str, Any]) -> Any:
+        self.client.send_nowait(NOREPLY(obj))
+        return self.client.drain()
+
+    async def received(self) -> int:
+        reply = await self.client.request(COUNT())
+        assert isinstance(reply, Response)
+        count: int = reply.msgpack()
+        return count
+
+    async def upload(self, body: bytes) -> Any:
+        await self.client.drain()
+        return await self.client.request(UPLOAD(body))
+
+    async def upload_file(self, path: Path) -> Any:
+        await self.client.drain()
+        return await self.client.request(FILE(files=[FileTransfer.from_path(path)]))
+
+    async def upload_memory_file(self, body: bytes) -> Any:
+        await self.client.drain()
+        return await self.client.request(FILE(files=[FileTransfer.from_bytes(body, "f.bin")]))
+
+    async def download(self, total: int, chunk: int, on_data: Callable[[int], None]) -> Any:
+        reply = await self.client.request(DOWNLOAD([total, chunk]))
+        assert isinstance(reply, Response) and reply.stream is not None
+        async for piece in reply.stream:
+            on_data(len(piece))
+
+    async def aclose(self) -> None:
+        await self.client.close(timeout=1)
+
+
+class SocketyTcpSuite(Suite):
+    name = "sockety-tcp"
+    description = "Sockety over TCP (sockety-server Router + sockety-client)"
+    cases = ALL_CASE_NAMES - {"ping"}
+    order = 10
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        return None
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        return None
+
+    async def serve(self, host: str, port: int, ready: Callable[[int], None]) -> None:
+        sock = bind_socket(host, port)
+        async with sockety_serve(make_router(), sock=sock, ssl=self.server_ssl(), **LIMITS):
+            ready(sock.getsockname()[1])
+            await forever()
+
+    async def connect(self, host: str, port: int) -> Connection:
+        client = await sockety_connect(host, port, ssl=self.client_ssl(), **LIMITS)
+        return SocketyBenchConnection(client)
+
+
+class SocketyTlsSuite(SocketyTcpSuite):
+    name = "sockety-tls"
+    description = "Sockety over TLS (certificates from a test CA made by trustme)"
+    order = 11
+
+    def __init__(self) -> None:
+        self.cert_dir = ""
+
+    def prepare(self, workdir: Path) -> None:
+        import trustme  # noqa: PLC0415 - only the TLS suite needs it
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        target = workdir / "sockety-tls"
+        target.mkdir(parents=True, exist_ok=True)
+        ca.cert_pem.write_to_path(str(target / "ca.pem"))
+        cert.private_key_and_cert_chain_pem.write_to_path(str(target / "server.pem"))
+        self.cert_dir = str(target)
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(Path(self.cert_dir) / "server.pem"))
+        return context
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        context = ssl.create_default_context(cafile=str(Path(self.cert_dir) / "ca.pem"))
+        return context
+
+
+SUITES = [SocketyTcpSuite(), SocketyTlsSuite()]
