@@ -10,7 +10,7 @@ import random
 import shutil
 import ssl as ssl_module
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from sockety.client import (
     FastReply,
     FileTransfer,
     Message,
+    Request,
     Transfer,
     connect,
 )
@@ -410,6 +411,12 @@ class ChatClient:
 
     async def say(self, text: str) -> None:
         """Sends a chat message; raises :class:`ChatError` when it is rejected."""
+        await self.send_message(text)
+
+    def send_message(self, text: str) -> Coroutine[Any, Any, None]:
+        """Sends a chat message now (and ends our typing stream after it); the returned
+        coroutine waits for the server's verdict. Raises :class:`ChatError` for input that is
+        not sent at all."""
         if not text.strip():
             raise ChatError("empty message: nothing sent")
         if "\n" in text or "\r" in text:
@@ -421,6 +428,9 @@ class ChatClient:
         connection = self._require()
         request = connection.request(p.BROADCAST(text))
         self._end_typing()  # after the message: others see it arrive, then the live line go
+        return self._verdict(request)
+
+    async def _verdict(self, request: Request) -> None:
         try:
             reply = await request.response(timeout=10)
         except SocketyError as error:

@@ -1,0 +1,143 @@
+"""``sockety-chat``: with no command, an embedded server on 127.0.0.1 and the app joined to it;
+``serve`` runs a standalone chat server; ``join HOST:PORT`` joins one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl as ssl_module
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sockety.server import run
+
+from ._app import ChatApp
+from ._protocol import is_valid_name
+from ._server import ChatServer
+
+__all__ = ["main"]
+
+DEFAULT_PORT = 9000
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9000`` for IPv6); a bare ``HOST`` means port 9000."""
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:])
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = _port(number)
+    if not host:
+        raise argparse.ArgumentTypeError(f"no host in {text!r}")
+    return host, port
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
+    return port
+
+
+def _name(text: str) -> str:
+    if not is_valid_name(text):
+        raise argparse.ArgumentTypeError(f"invalid name {text!r}: 3 to 50 letters, digits, _ or -")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sockety-chat",
+        description="A terminal chat on Sockety. With no command: a chat server on 127.0.0.1 "
+        "and this terminal joined to it (others join with `sockety-chat join`).",
+    )
+    parser.add_argument("--port", type=_port, default=0, help="embedded server port (0: free)")
+    parser.add_argument("--name", type=_name, help="your name (else anon_<random>)")
+    parser.add_argument("--downloads", type=Path, help="where /save puts files")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run a standalone chat server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT)
+    serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve TLS")
+    serve.add_argument("--tls-key", type=Path, help="private key (PEM), if not in --tls-cert")
+    serve.add_argument("--max-file-size", type=int, default=1024**3, help="bytes (1 GiB)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+
+    join = commands.add_parser("join", help="join a chat server")
+    join.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    join.add_argument("--name", type=_name, help="your name (else anon_<random>)")
+    join.add_argument("--tls", action="store_true", help="connect with TLS (verified)")
+    join.add_argument("--tls-ca", type=Path, help="trust this CA file (implies --tls)")
+    join.add_argument("--downloads", type=Path, help="where /save puts files")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    logging.basicConfig(handlers=[logging.NullHandler()], force=True)  # the screen is the UI
+    if args.command == "join":
+        host, port = args.address
+        client_ssl: ssl_module.SSLContext | None = None
+        if args.tls or args.tls_ca:
+            client_ssl = ssl_module.create_default_context(
+                cafile=str(args.tls_ca) if args.tls_ca else None
+            )
+        app = ChatApp(host, port, name=args.name, ssl=client_ssl, downloads=args.downloads)
+    else:
+        app = ChatApp(
+            "127.0.0.1", args.port, name=args.name, server=ChatServer(), downloads=args.downloads
+        )
+    app.run()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    logging.getLogger("sockety.chat").setLevel(logging.INFO)
+    context: ssl_module.SSLContext | None = None
+    if args.tls_cert:
+        context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl_module.SSLError) as error:
+            print(f"sockety-chat: cannot load the certificate: {error}", file=sys.stderr)
+            return 2
+
+    async def serve() -> int:
+        chat = ChatServer(max_file_size=args.max_file_size)
+        try:
+            await chat.start(args.host, args.port, ssl=context)
+        except OSError as error:
+            print(
+                f"sockety-chat: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
+            )
+            return 1
+        scheme = "TLS" if context else "TCP"
+        print(f"chat server on {args.host}:{chat.port} ({scheme}); Ctrl+C stops", flush=True)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping…", flush=True)
+        await chat.close()
+        return 0
+
+    return run(serve())
