@@ -208,8 +208,29 @@ class Connection(asyncio.Protocol):
     def request(self, message: Outgoing, *, multiple: bool = False) -> Request:
         """Sends a message that expects responses. ``await`` the result (or its ``response()``)
         for the first reply; with ``multiple=True`` iterate ``responses()`` for several."""
-        request = self._start(message, None, True, multiple)
-        assert isinstance(request, Request)
+        # The hot path of a client, so _start() is inlined here.
+        if self._error is not None or self._transport is None:
+            self._check_open()
+        raw_id = new_id()
+        try:
+            self._core.send_message(
+                raw_id,
+                message.action,
+                message.data,
+                files=message.header_files,
+                stream=message.stream,
+                expects_response=True,
+            )
+        except GoingAwayError:
+            raise GoingAwayError(
+                "the connection is going away (Go Away sent or received): no new messages"
+            ) from None
+        request = Request(self, raw_id, message.stream, multiple)
+        self._requests[raw_id] = request
+        if message.files:
+            self._send_files(request, message.files)
+        if self._flush_handle is None and not self._in_receive:
+            self._schedule_flush()
         return request
 
     def _start(
@@ -516,7 +537,11 @@ class Connection(asyncio.Protocol):
             return
         if type(result) is int or isinstance(result, int):
             if message.expects_response and not message._answered:
-                message.fast_reply(result)
+                # message.fast_reply(), inlined: we are inside data_received, the flush follows.
+                message._answered = True
+                self._core.send_fast_reply(event.id, result)
+                counts = self.fast_replies_sent
+                counts[result] = counts.get(result, 0) + 1
         elif inspect.isawaitable(result):
             task = self._loop.create_task(self._run_handler(message, result))
             message._task = task

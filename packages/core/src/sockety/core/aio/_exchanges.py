@@ -68,14 +68,7 @@ class Incoming:
         #: The attached stream, or None.
         self.stream: StreamReader | None = StreamReader(connection) if has_stream else None
         #: The attached files, in order.
-        self.files: tuple[ReceivedFile, ...] = (
-            tuple(
-                ReceivedFile(connection, index, file.name, file.size)
-                for index, file in enumerate(files)
-            )
-            if files
-            else ()
-        )
+        self.files: tuple[ReceivedFile, ...] = _received_files(connection, files) if files else ()
 
     @property
     def id(self) -> uuid.UUID:
@@ -130,6 +123,14 @@ class Incoming:
         )
 
 
+def _received_files(
+    connection: Connection, files: tuple[FileHeader, ...]
+) -> tuple[ReceivedFile, ...]:
+    return tuple(
+        ReceivedFile(connection, index, file.name, file.size) for index, file in enumerate(files)
+    )
+
+
 _UNSET: Any = object()
 _NO_QUEUE: deque[Any] = deque(maxlen=0)  # single-reply requests never queue
 
@@ -149,7 +150,18 @@ class Message(Incoming):
         files: tuple[FileHeader, ...],
         data: bytes | bytearray,
     ) -> None:
-        super().__init__(connection, raw_id, expects_response, has_stream, files, data)
+        # Incoming.__init__, inlined: this runs for every message.
+        self._connection = connection
+        self._raw_id = raw_id
+        self._uuid = None
+        self.expects_response = expects_response
+        self.data = data
+        self._decoded = _UNSET
+        self._answered = False
+        self._task = None
+        self._replies = []
+        self.stream = StreamReader(connection) if has_stream else None
+        self.files = _received_files(connection, files) if files else ()
         self.action = action
 
     def __repr__(self) -> str:
@@ -220,7 +232,13 @@ class Request(Transfer):
     def __init__(
         self, connection: Connection, raw_id: bytes, has_stream: bool, multiple: bool
     ) -> None:
-        super().__init__(connection, raw_id, has_stream)
+        # Transfer.__init__, inlined: this runs for every request.
+        self._connection = connection
+        self._raw_id = raw_id
+        self._uuid = None
+        self._error = None
+        self._pump = None
+        self.stream = StreamWriter(connection, raw_id) if has_stream else None
         self._future: asyncio.Future[Response | int] = connection._loop.create_future()
         self._multiple = multiple
         self._queue: deque[Response | int] = deque() if multiple else _NO_QUEUE
