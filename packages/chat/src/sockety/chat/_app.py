@@ -189,6 +189,7 @@ class ChatApp(App[None]):
         self._file_cards: dict[int, FileCard] = {}
         self._upload_cards: dict[int, FileCard] = {}
         self._stopping: asyncio.Task[None] | None = None
+        self._retrying: Static | None = None
         #: Every log line as plain text (what tests and screen readers look at).
         self.transcript: list[str] = []
 
@@ -219,8 +220,8 @@ class ChatApp(App[None]):
                 return
             self.port = self._server.port
             self.notice(
-                f"Chat server running on {self.host}:{self.port}: others join with "
-                f"`sockety-chat join {self.host}:{self.port}`",
+                f"Chat server running on {self.shown_address()}: others join with "
+                f"`sockety-chat join {self.shown_address()}`",
                 style="bold green",
             )
         self.client = ChatClient(
@@ -260,6 +261,10 @@ class ChatApp(App[None]):
         except Exception:  # leaving must never end in a traceback
             logger.exception("shutdown failed")
 
+    def shown_address(self) -> str:
+        """The server's address as shown on screen."""
+        return f"{self.host}:{self.port}"
+
     # -- the log ---------------------------------------------------------------------------------
 
     def _time(self, moment: datetime | None) -> str:
@@ -282,10 +287,12 @@ class ChatApp(App[None]):
         line = Text.assemble((f"{self._time(date)} ", "dim"), ("— ", "dim"), (content, style))
         self._append(Static(line), f"{self._time(date)} — {content}")
 
-    def error(self, content: str) -> None:
+    def error(self, content: str) -> Static:
         """A rejected input or a failure, in the log."""
         line = Text.assemble((f"{self._time(None)} ", "dim"), (f"✗ {content}", "bold red"))
-        self._append(Static(line), f"{self._time(None)} ✗ {content}")
+        widget = Static(line)
+        self._append(widget, f"{self._time(None)} ✗ {content}")
+        return widget
 
     def _chat_line(self, message: ChatMessage) -> None:
         me = self.client.name if self.client else None
@@ -331,7 +338,8 @@ class ChatApp(App[None]):
         elif isinstance(event, UsersChanged):
             self._render_users()
         elif isinstance(event, Connected):
-            self.notice(f"Connected to {event.address}", style="green")
+            self._retrying = None
+            self.notice(f"Connected to {self.shown_address()}", style="green")
         elif isinstance(event, LoggedIn):
             self._update_title()
         elif isinstance(event, NameChanged):
@@ -340,8 +348,13 @@ class ChatApp(App[None]):
         elif isinstance(event, Disconnected):
             self._typers.clear()
             self._render_typing()
-            self.error(f"{event.reason}; reconnecting in {event.retry_in:.1f} s")
             self.sub_title = "reconnecting…"
+            text = f"{event.reason}; reconnecting in {event.retry_in:.1f} s"
+            if self._retrying is None:  # the first failure gets a line, retries update it
+                self._retrying = self.error(text)
+            else:
+                self._retrying.update(Text(f"{self._time(None)} ✗ {text}", "bold red"))
+                self.transcript.append(f"{self._time(None)} ✗ {text}")
         elif isinstance(event, FileUpdated):
             self._file_card(event.file)
         elif isinstance(event, UploadUpdated):
@@ -350,7 +363,7 @@ class ChatApp(App[None]):
     def _update_title(self) -> None:
         client = self.client
         if client is not None and client.name:
-            self.sub_title = f"{client.name} @ {client.address}"
+            self.sub_title = f"{client.name} @ {self.shown_address()}"
 
     def _render_users(self) -> None:
         client = self.client
