@@ -29,6 +29,7 @@ from sockety.core.aio import (
     run,
 )
 
+from ._guarded import OperatedServer
 from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
 from ._server import Server, serve
 
@@ -43,6 +44,7 @@ __all__ = [
     "FileTransfer",
     "GoingAwayError",
     "Message",
+    "OperatedServer",
     "ReceivedFile",
     "RemoteProtocolError",
     "Request",

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="close a peer that sent nothing (not even its header or a heartbeat) for this "
-        "long (default: 30)",
+        help="close a peer that sent nothing (not even its header or a heartbeat), or read "
+        "none of our answers, for this long (default: 30)",
     )
     conns.add_argument(
         "--heartbeat",

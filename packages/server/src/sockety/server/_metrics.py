@@ -36,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sockety.core import FastReply, ProtocolErrorKind, RemoteProtocolError
 from sockety.core.aio import Connection, Handler, Message
 
-from ._server import Server
+from ._guarded import OperatedServer
 
 __all__ = ["ServerMetrics", "multiprocess_registry", "serve_metrics"]
 
@@ -76,6 +76,7 @@ CLOSE_REASONS = (
     "idle_timeout",
     "open_timeout",
     "refused",
+    "write_timeout",
 )
 #: Fast-reply outcomes: the six conventional codes by name, application codes as "other".
 OUTCOMES: dict[int, str] = {code.value: code.name.lower() for code in FastReply}
@@ -324,9 +325,10 @@ class ServerMetrics:
         finally:
             self.sync()
 
-    def server(self, handler: Handler | None, **kwargs: Any) -> Server:
-        """A :class:`Server` (not started) whose handler and connections are metered. Takes
-        the arguments of ``Server``; ``on_connect``/``on_disconnect`` given here run too."""
+    def server(self, handler: Handler | None, **kwargs: Any) -> OperatedServer:
+        """A server (not started) whose handler and connections are metered: an
+        ``OperatedServer`` (see ``_guarded``). Takes the arguments of ``Server`` and
+        ``write_timeout``; ``on_connect``/``on_disconnect`` given here run too."""
         user_connect = kwargs.pop("on_connect", None)
         user_disconnect = kwargs.pop("on_disconnect", None)
 
@@ -340,9 +342,9 @@ class ServerMetrics:
             if user_disconnect is not None:
                 user_disconnect(connection)
 
-        return _MeteredServer(
-            self,
+        return OperatedServer(
             self.wrap(handler) if handler is not None else None,
+            metrics=self,
             on_connect=connected,
             on_disconnect=disconnected,
             **kwargs,
@@ -362,20 +364,6 @@ async def _timed(result: Awaitable[Any], observe: Callable[[float], None], start
         return await result
     finally:
         observe(perf_counter() - start)
-
-
-class _MeteredServer(Server):
-    """A server that also counts the connections it refuses (full or closing)."""
-
-    def __init__(self, metrics: ServerMetrics, handler: Handler | None, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._metrics = metrics
-
-    def _connected(self, connection: Connection) -> bool:
-        accepted = super()._connected(connection)
-        if not accepted:
-            self._metrics.on_refused()
-        return accepted
 
 
 def multiprocess_registry(path: str | None = None) -> CollectorRegistry:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sockety.core.aio import Connection, Handler, loop_factory
 
+from ._guarded import OperatedServer
 from ._server import Server
 
 __all__ = ["log_closed", "run_worker", "tls_context"]
@@ -86,9 +87,9 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
         from ._metrics import ServerMetrics  # noqa: PLC0415 - prometheus only when asked
 
         metrics = ServerMetrics(loop_name=loop_name)
-        server: Server = metrics.server(handler, **options)
+        server: Server = metrics.server(handler, write_timeout=args.timeout, **options)
     else:
-        server = Server(handler, **options)
+        server = OperatedServer(handler, write_timeout=args.timeout, **options)
     try:
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
