@@ -528,7 +528,7 @@ def test_a_thousand_plain_messages_queued_before_the_peer_header() -> None:
 
 
 def test_a_big_transfer_does_not_hold_back_small_messages() -> None:
-    a, b = pair()
+    a, b = pair({"max_packet_size": 64 * 1024})
     big, small, late = bytes([1]) * 16, bytes([2]) * 16, bytes([3]) * 16
     payload = random.Random(7).randbytes(8 * MIB)
     a.send_message(big, "big", payload)
@@ -555,7 +555,7 @@ def test_a_big_transfer_does_not_hold_back_small_messages() -> None:
 
 
 def test_big_stream_and_file_interleave_with_other_channels() -> None:
-    a, b = pair()
+    a, b = pair({"max_packet_size": 64 * 1024})
     s, f, q = bytes([4]) * 16, bytes([5]) * 16, bytes([6]) * 16
     a.send_message(s, "stream", stream=True)
     a.send_message(f, "file", files=[("big", 4 * MIB)])
