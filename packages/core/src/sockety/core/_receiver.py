@@ -203,6 +203,34 @@ class Receiver:
             raise
         return events
 
+    def payload_buffer(self) -> memoryview | None:
+        """Where the peer's next bytes belong when they are message data being assembled: a
+        writable view of the rest of the current Data packet inside the message's own buffer
+        (sized from its declared length). Reading straight into it (``recv_into``) spares a
+        copy; report how much was written with :meth:`payload_received`. None otherwise."""
+        if not self._payload_left or self._payload_kind != _DATA or self._error is not None:
+            return None
+        incoming = self._payload_target
+        assert incoming is not None and incoming.data is not None
+        offset = incoming.data_size - incoming.data_left
+        return memoryview(incoming.data)[offset : offset + self._payload_left]
+
+    def payload_received(self, size: int) -> list[Any]:
+        """``size`` bytes were written into the view :meth:`payload_buffer` returned."""
+        incoming = self._payload_target
+        if self._payload_kind != _DATA or incoming is None or not 0 < size <= self._payload_left:
+            raise ValueError("payload_received() does not match payload_buffer()")
+        self._payload_left -= size
+        incoming.data_left -= size
+        events: list[Any] = []
+        if not incoming.data_left:
+            data = incoming.data
+            assert data is not None
+            self._buffered -= incoming.data_size
+            incoming.data = None
+            self._announce(incoming, events, data)
+        return events
+
     def receive_eof(self) -> list[Any]:
         """The peer closed its side; reports whether that happened at a clean boundary."""
         clean = (

@@ -63,7 +63,7 @@ Handler = Callable[[Message], Any]
 _FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """A Sockety connection, client or server side: both are peers.
 
     Send with :meth:`send` / :meth:`send_nowait` (no response) and :meth:`request` (expects
@@ -85,6 +85,8 @@ class Connection(asyncio.Protocol):
         close_timeout: float = 10.0,
         # Stream/file bytes waiting for the application before reading pauses.
         max_receive_buffer: int = 4 * 1024 * 1024,
+        # The reusable read buffer (per connection: keep it small for many connections).
+        read_buffer_size: int = 64 * 1024,
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
         # Bytes of queued content pulled from the core per loop turn: paces big transfers.
@@ -110,6 +112,9 @@ class Connection(asyncio.Protocol):
         self._write_buffer_limit = write_buffer_limit
         self._stream_buffer_limit = stream_buffer_limit
         self._transport: asyncio.Transport | None = None
+        # Reads land here unless they are message data (see get_buffer).
+        self._read_view = memoryview(bytearray(read_buffer_size))
+        self._direct = False
         self._requests: dict[bytes, Request] = {}
         self._receiving: dict[bytes, Incoming] = {}  # incoming with stream/files unfinished
         self._pumps: set[asyncio.Task[None]] = set()  # tasks sending files from disk/iterators
@@ -398,6 +403,8 @@ class Connection(asyncio.Protocol):
         """Waits while the transport's write buffer is over its limit (the peer reads slower
         than we write); raises if the connection closed. ``send_nowait`` + ``drain`` is the
         cheapest way to stream many messages with backpressure."""
+        if len(self._core._out) > self._stream_buffer_limit or self._core._chunks:
+            self._write()  # large output goes to the transport now, so its limit applies
         while self._write_paused and self._error is None:
             await self._next_progress()
         self._check_open()
@@ -405,6 +412,11 @@ class Connection(asyncio.Protocol):
     async def _writable(self, raw_id: bytes) -> None:
         """Waits while this exchange has too much queued or the transport is paused."""
         core = self._core
+        if core._chunks or core._out:
+            # Hand what is produced to the transport now, so that its buffer limit (and
+            # pause_writing) sees it: a producer that never yields would otherwise pile its
+            # whole output up before the end-of-turn flush.
+            self._write()
         while (
             self._write_paused or core.queued_bytes_for(raw_id) > self._stream_buffer_limit
         ) and not self.closed:
@@ -438,9 +450,28 @@ class Connection(asyncio.Protocol):
         self._last_rx = self._last_tx = self._loop.time()
         self._arm_timer()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Message data is read straight into its own buffer, sized from the header (no copy);
+        # everything else goes through a small reusable buffer.
+        direct = self._core.payload_buffer()
+        if direct is not None:
+            self._direct = True
+            return direct
+        self._direct = False
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
         self._last_rx = self._loop.time()
-        self.bytes_received += len(data)
+        self.bytes_received += nbytes
+        if self._direct:
+            events = self._core.payload_received(nbytes)
+            if events:
+                self._process(events)
+            return
+        self.data_received(self._read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Feeds bytes from the peer (``buffer_updated`` does; also usable directly)."""
         try:
             events = self._core.receive_data(data)
         except RemoteProtocolError as error:
