@@ -76,6 +76,11 @@ class Connection:
         """``data-*``, ``file-mem`` and the fairness bulk: send ``body``; short reply."""
         raise NotImplementedError
 
+    def bulk_upload(self, body: bytes) -> Awaitable[Any]:
+        """``fairness``: the 64 MiB transfer, the way this protocol would carry it (default:
+        ``upload``)."""
+        return self.upload(body)
+
     def upload_memory_file(self, body: bytes) -> Awaitable[Any]:
         """``file-mem``: send ``body`` as a file, if the protocol has files. Default: upload."""
         return self.upload(body)
@@ -316,7 +321,7 @@ async def run_case_default(
         body = _payload(case.bulk)
         while running:
             try:
-                await conn.upload(body)
+                await conn.bulk_upload(body)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,6 +88,9 @@ class Connection(asyncio.BufferedProtocol):
         max_receive_buffer: int = 4 * 1024 * 1024,
         # The reusable read buffer (per connection: keep it small for many connections).
         read_buffer_size: int = 64 * 1024,
+        # Kernel socket buffers (SO_SNDBUF/SO_RCVBUF); None leaves the OS's autotuning. Smaller
+        # ones bound how much bulk data can queue ahead of a small message.
+        socket_buffer_size: int | None = None,
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
         # Bytes of queued content pulled from the core per loop turn: paces big transfers.
@@ -114,6 +118,7 @@ class Connection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         # Reads land here unless they are message data (see get_buffer).
         self._read_view = memoryview(bytearray(read_buffer_size))
+        self._socket_buffer_size = socket_buffer_size
         self._direct = False
         self._requests: dict[bytes, Request] = {}
         self._receiving: dict[bytes, Incoming] = {}  # incoming with stream/files unfinished
@@ -446,6 +451,11 @@ class Connection(asyncio.BufferedProtocol):
         self._remote_address = transport.get_extra_info("peername")
         self._local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self._write_buffer_limit)
+        if self._socket_buffer_size:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._socket_buffer_size)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._socket_buffer_size)
         self._write()  # our connection header
         self._last_rx = self._last_tx = self._loop.time()
         self._arm_timer()
