@@ -190,6 +190,7 @@ class ChatApp(App[None]):
         self._upload_cards: dict[int, FileCard] = {}
         self._stopping: asyncio.Task[None] | None = None
         self._retrying: Static | None = None
+        self._quitting: asyncio.Task[None] | None = None
         #: Every log line as plain text (what tests and screen readers look at).
         self.transcript: list[str] = []
 
@@ -245,10 +246,10 @@ class ChatApp(App[None]):
 
     def shutdown_chat(self) -> asyncio.Task[None]:
         if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_task(self._shutdown())
+            self._stopping = asyncio.get_running_loop().create_task(self._stop_chat())
         return self._stopping
 
-    async def _shutdown(self) -> None:
+    async def _stop_chat(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         try:
@@ -497,7 +498,8 @@ class ChatApp(App[None]):
             for line in HELP:
                 self.notice(line, style="")
         elif command == "/quit":
-            self._background(self.action_quit())
+            # Not one of the cancellable background tasks: quitting cancels those.
+            self._quitting = asyncio.get_running_loop().create_task(self.action_quit())
         elif client is None:
             self.error("not connected yet")
         elif command == "/name":
