@@ -413,7 +413,7 @@ class ChatApp(App[None]):
         card.label.update(
             Text.assemble(
                 (f"{self._time(file.date)} ", "dim"),
-                ("📎 ", ""),
+                ("◆ ", "bold"),
                 (what, style),
                 (f"  {status}", "italic"),
             )
@@ -429,7 +429,7 @@ class ChatApp(App[None]):
         card.label.update(
             Text.assemble(
                 (f"{self._time(None)} ", "dim"),
-                ("📎 ", ""),
+                ("◆ ", "bold"),
                 (f"you share {file.name} ({human_size(file.size)})", "bold"),
                 (f"  {status[file.state]}", "bold red" if file.state == "failed" else "italic"),
             )
