@@ -392,6 +392,10 @@ class Receiver:
                 f"{'response' if is_response else 'message'} started on busy channel {channel}",
                 channel=channel,
             )
+        if not b & 2 and end > start and not buf[start] & 0x31:
+            done = self._complete(buf, start, end, n, b, events, is_response)
+            if done:
+                return done
         incoming = _Incoming(is_response, bool(b & 1), bool(b & 2))
         self._incoming[channel] = incoming
         header = buf[start:end]
@@ -406,6 +410,74 @@ class Receiver:
                 incoming.data_left = 0
                 self._announce(incoming, events, buf[data_start : data_start + size])
                 return data_start + size
+        return end
+
+    def _complete(
+        self, buf: bytes, start: int, end: int, n: int, b: int, events: list[Any], response: bool
+    ) -> int:
+        """The hot path: a header without files or stream, whose data (if any) follows at
+        once in one Data packet that is already here, is reported without any channel state.
+        Returns the position after it, or 0 to take the general path (which also reports any
+        violation precisely)."""
+        flags = buf[start]
+        p = start + 1
+        # Every field must lie within the header; if not, the general path says why.
+        if end - p < (32 if response else 18):
+            return 0
+        if response:
+            if flags & 2:
+                return 0
+            parent_id = buf[p : p + 16]
+            id = buf[p + 16 : p + 32]
+            p += 32
+            action = ""
+        else:
+            id = buf[p : p + 16]
+            p += 16
+            if flags & 2:
+                length = buf[p] | buf[p + 1] << 8
+                p += 2
+            else:
+                length = buf[p]
+                p += 1
+            if length > self._max_action_size or p + length > end:
+                return 0
+            try:
+                action = buf[p : p + length].decode()
+            except UnicodeDecodeError:
+                return 0
+            p += length
+        width = flags >> 6
+        if p + width > end:
+            return 0
+        if width == 0:
+            size = 0
+        elif width == 1:
+            size = buf[p]
+            p += 1
+        elif width == 2:
+            size = buf[p] | buf[p + 1] << 8
+            p += 2
+        else:
+            return 0
+        if p != end or size > self._max_data_size:
+            return 0
+        if size:
+            if end >= n or buf[end] & 0xF3 != 0xE0:
+                return 0
+            data_size, data_start = self._sized(buf, end, n, buf[end])
+            end = data_start + size
+            if data_size != size or end > n:
+                return 0
+            data = buf[data_start:end]
+        else:
+            data = b""
+        if response:
+            events.append(
+                ResponseReceived(self._channel, parent_id, id, bool(b & 1), False, (), data)
+            )
+        else:
+            events.append(MessageReceived(self._channel, id, action, bool(b & 1), False, (), data))
         return end
 
     def _on_continue(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:

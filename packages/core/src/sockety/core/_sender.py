@@ -103,6 +103,7 @@ class Sender:
         self._going_away = False
         self._peer_going_away = False
         self._actions: dict[str | bytes, tuple[int, bytes]] = {}
+        self._headers: dict[tuple[str | bytes, int, bool], tuple[bytes, bytes]] = {}
 
     # -- output -------------------------------------------------------------------------------
 
@@ -176,6 +177,26 @@ class Sender:
         stream with ``send_stream``/``end_stream``; it is complete when all of those ended."""
         if self._going_away or self._peer_going_away:
             raise GoingAwayError("the connection is going away: no new messages")
+        size = len(data)
+        if not files and size < 0x100 and not stream and len(id) == 16:
+            # The hottest shape: no files, no stream, small data. Everything of the header but
+            # the id is cached per (action, size, expects_response); the exchange is complete
+            # once written, so when a channel is free it is written at once (see _write_whole).
+            key = (action, size, expects_response)
+            parts = self._headers.get(key)
+            if parts is None:
+                parts = self._cache_header(action, size, expects_response)
+            if self._free and not self._waiting and id not in self._outgoing:
+                channel = self._wch
+                if channel >= self._send_channels or self._busy[channel]:
+                    self._switch(self._free_channel())
+                out = self._out
+                out += parts[0]
+                out += id
+                out += parts[1]
+                if size:
+                    out += data
+                return
         if not files and len(id) == 16:
             # The common shape (no files) from a cached action field: the general encoder
             # below makes the very same bytes, only slower.
@@ -183,7 +204,6 @@ class Sender:
             if cached is None:
                 cached = self._cache_action(action)
             flags, action_part = cached
-            size = len(data)
             if not size:
                 size_part = b""
             elif size < 0x100:
@@ -211,6 +231,21 @@ class Sender:
         )
         if file_list or stream or not self._write_whole(id, header, data):
             self._begin(_Outgoing(id, header, True), data, file_list, stream)
+
+    def _cache_header(
+        self, action: str | bytes, size: int, expects_response: bool
+    ) -> tuple[bytes, bytes]:
+        """(what precedes the id, what follows it up to the data) of a small message's header
+        and its Data packet prefix."""
+        header = message_header_packet(
+            bytes(16), _as_bytes(action), size, [], False, expects_response
+        )
+        cut = 2 + (1, 2, 3, 4)[(header[0] >> 2) & 3]  # the id follows type, size and flags
+        after = header[cut + 16 :] + (sized_prefix(0xE0, size) if size else b"")
+        parts = (header[:cut], after)
+        if len(self._headers) < 65536:  # bounded: actions x small sizes
+            self._headers[(action, size, expects_response)] = parts
+        return parts
 
     def _cache_action(self, action: str | bytes) -> tuple[int, bytes]:
         encoded = _as_bytes(action)
