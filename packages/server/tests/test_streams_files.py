@@ -226,3 +226,43 @@ def test_many_responses_to_one_request(tcp: Net) -> None:
             assert got == [0, 1, 2, 3, 4]
 
     tcp.run(main())
+
+
+def test_refused_upload_is_discarded_without_stalling_the_connection(tcp: Net) -> None:
+    router = Router()
+
+    @router.action("upload")
+    def refuse(message: Message) -> int:
+        message.discard()  # nothing of it is buffered: the connection keeps flowing
+        return FastReply.BAD_REQUEST
+
+    @router.action("ping")
+    def ping(message: Message) -> int:
+        return FastReply.ACCEPT
+
+    async def main() -> None:
+        # 16 MiB of file content against a 1 MiB receive buffer: without discard() reading
+        # would pause for good once the unread chunks filled it.
+        async with tcp.pair(router, max_receive_buffer=1024 * 1024) as (server, client):
+            big = FileTransfer.from_bytes(bytes(16 * 1024 * 1024), "big.bin")
+            request = client.request(upload(None, files=[big]))
+            assert await request == FastReply.BAD_REQUEST
+            await request.sent()
+            assert await client.request(Draft("ping")()) == FastReply.ACCEPT
+
+    tcp.run(main())
+
+
+def test_a_failing_file_source_fails_the_request_and_aborts(tcp: Net) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        raise RuntimeError("the source broke")
+
+    async def main() -> None:
+        async with tcp.pair(echo_router()) as (server, client):
+            source = FileTransfer.from_iterator(broken(), "broken.bin", 100)
+            with pytest.raises(RuntimeError, match="the source broke"):
+                await client.request(upload(None, files=[source]))
+            assert await client.request(Draft("nope")()) == FastReply.NOT_IMPLEMENTED
+
+    tcp.run(main())

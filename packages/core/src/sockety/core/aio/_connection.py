@@ -330,10 +330,12 @@ class Connection(asyncio.BufferedProtocol):
                     )
                 core.end_file(raw_id, index)
                 self._schedule_flush()
-        except (FileSizeError, OSError) as error:
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a size mismatch, a read error, or the source's own
             transfer._error = error
-            if not self.closed:
-                core.abort(raw_id)
+            if not self.closed and not isinstance(error, ConnectionClosedError):
+                core.abort(raw_id)  # the peer learns the exchange will not complete
                 self._schedule_flush()
             if isinstance(transfer, Request):
                 transfer._fail(error)
@@ -646,7 +648,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_stream_chunk(self, event: StreamChunkReceived) -> None:
         target = self._receiving.get(event.id)
-        if target is not None and target.stream is not None:
+        if target is not None and target.stream is not None and not target._discarded:
             target.stream._feed(event.chunk)
 
     def _on_stream_end(self, event: StreamEnded) -> None:
@@ -658,7 +660,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_file_chunk(self, event: FileChunkReceived) -> None:
         target = self._receiving.get(event.id)
-        if target is not None:
+        if target is not None and not target._discarded:
             target.files[event.file_index]._feed(event.chunk)
 
     def _on_file_end(self, event: FileEnded) -> None:

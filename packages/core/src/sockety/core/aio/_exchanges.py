@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .._constants import FastReply
-from .._errors import LocalProtocolError, ResponseTimeoutError
+from .._errors import AbortedError, LocalProtocolError, ResponseTimeoutError
 from .._events import FileHeader
 from ._streams import ReceivedFile, StreamReader, StreamWriter
 
@@ -36,6 +36,7 @@ class Incoming:
         "_answered",
         "_connection",
         "_decoded",
+        "_discarded",
         "_raw_id",
         "_replies",
         "_task",
@@ -63,6 +64,7 @@ class Incoming:
         self.data = data
         self._decoded: Any = _UNSET
         self._answered = False
+        self._discarded = False
         self._task: asyncio.Task[Any] | None = None
         self._replies: list[Transfer] = []
         #: The attached stream, or None.
@@ -111,6 +113,17 @@ class Incoming:
             self._replies.append(reply)  # aborted with this message if the peer aborts it
         return reply
 
+    def discard(self) -> None:
+        """Drops the rest of its stream and files as they arrive (e.g. after refusing it):
+        nothing more is buffered, and their readers end with :class:`AbortedError`. The sender
+        is not told; answer it (a fast reply) if it expects a response."""
+        if not self._discarded:
+            self._discarded = True
+            error = AbortedError("discarded by this side", by_peer=False)
+            for reader in (self.stream, *self.files):
+                if reader is not None:
+                    reader._drop(error)
+
     def _abort(self, error: BaseException) -> None:
         if self.stream is not None:
             self.stream._fail(error)
@@ -158,6 +171,7 @@ class Message(Incoming):
         self.data = data
         self._decoded = _UNSET
         self._answered = False
+        self._discarded = False
         self._task = None
         self._replies = []
         self.stream = StreamReader(connection) if has_stream else None

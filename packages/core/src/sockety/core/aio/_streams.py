@@ -60,6 +60,13 @@ class StreamReader:
             self._done = True
             self._wake()
 
+    def _drop(self, error: BaseException) -> None:
+        """Discards what is buffered (releasing it from flow control) and fails the reader."""
+        if self._chunks:
+            self._connection._consumed(sum(map(len, self._chunks)))
+            self._chunks.clear()
+        self._fail(error)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
