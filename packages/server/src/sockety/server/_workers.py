@@ -188,6 +188,8 @@ class _Supervisor:
             os.close(parent_r)
         worker.parent_w = parent_w
         worker.started = time.monotonic()
+        if self.stop.is_set():  # a signal came while it was being spawned
+            worker.process.send_signal(signal.SIGTERM)
         worker.exited = asyncio.get_running_loop().create_task(worker.process.wait())
         ready = await _wait_ready(ready_r, worker.exited)
         if not ready:
@@ -240,7 +242,8 @@ class _Supervisor:
             )
 
     async def _shutdown(self, *, failed: bool) -> int:
-        self._signal_workers()
+        if not self.signals:  # a signal was forwarded already: a second one would cut them off
+            self._signal_workers()
         codes: list[int] = []
         for worker in self.workers:
             if worker.exited is None:
