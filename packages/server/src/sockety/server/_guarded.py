@@ -66,23 +66,23 @@ class _GuardedConnection(_ServerConnection):
         self._stall: asyncio.TimerHandle | None = None
         self._held: memoryview | None = None  # read but not parsed: the peer is not reading
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if len(data) <= _SLICE or self._transport is None:
             super().data_received(data)
             return
         view = memoryview(data)
         transport = self._transport
         feed = super().data_received
-        feed(view[:_SLICE])  # type: ignore[arg-type]
+        feed(view[:_SLICE])
         position = _SLICE
         while position < len(view) and not self.closed:
             if self._write_paused:
-                self._held = view[position:]
+                self._held = memoryview(bytes(view[position:]))  # the read buffer is reused
                 return
             if transport.get_write_buffer_size() == 0:  # the peer keeps up: the rest at once
-                feed(view[position:])  # type: ignore[arg-type]
+                feed(view[position:])
                 return
-            feed(view[position : position + _SLICE])  # type: ignore[arg-type]
+            feed(view[position : position + _SLICE])
             position += _SLICE
 
     def pause_writing(self) -> None:
@@ -100,7 +100,7 @@ class _GuardedConnection(_ServerConnection):
         super().resume_writing()
         held, self._held = self._held, None
         if held is not None and not self.closed:
-            self.data_received(held)  # type: ignore[arg-type]
+            self.data_received(held)
         transport = self._transport
         if transport is not None and not self._read_paused and not self._write_paused:
             transport.resume_reading()
