@@ -232,11 +232,14 @@ async def run(args: argparse.Namespace) -> int:
             reply = await request.response(timeout=args.timeout)
         except TimeoutError:
             raise Failure(f"no reply to {args.action!r} within {args.timeout:g} s") from None
-        if stream is not None and not pumping.done():
-            pumping.cancel()
         if isinstance(reply, int):
+            if stream is not None:
+                pumping.cancel()  # answered: the rest of the stream is not wanted
             return print_fast_reply(reply, args.no_fail)
-        await print_response(reply, args)
+        if stream is None:
+            await print_response(reply, args)
+        else:  # the reply may stream back while we are still streaming up
+            await asyncio.gather(print_response(reply, args), pumping)
         return 0
     finally:
         await close_quietly(client, args.timeout)
