@@ -43,6 +43,7 @@ from .test_metrics import scrape, value
 
 __all__ = ["app_dir", "start"]  # fixtures
 
+ASYNCIO = Net("asyncio", False, None, None)
 raw_reply = ResponseDraft(data="bytes")
 number = ResponseDraft(data="msgpack")
 
@@ -284,9 +285,8 @@ ATTACKS = {
 }
 
 
-def test_giant_declarations_are_rejected_before_allocation(tcp: Net) -> None:
-    if tcp.loop != "asyncio":
-        pytest.skip("tracemalloc sees asyncio's buffers, not uvloop's")
+def test_giant_declarations_are_rejected_before_allocation() -> None:
+    tcp = ASYNCIO  # tracemalloc sees asyncio's buffers, not uvloop's
     limits = {"max_data_size": 1 << 20, "max_buffered_bytes": 8 << 20, "idle_timeout": 1.0}
 
     async def attack(port: int, payload: bytes) -> None:
@@ -390,9 +390,8 @@ def test_4096_channels_left_unfinished_are_held_then_closed_by_idle_timeout(tcp:
 # -- a peer that never reads ---------------------------------------------------------------------
 
 
-def test_a_peer_that_never_reads_is_bounded_then_closed(tcp: Net) -> None:
-    if tcp.loop != "asyncio":
-        pytest.skip("tracemalloc sees asyncio's buffers, not uvloop's")
+def test_a_peer_that_never_reads_is_bounded_then_closed() -> None:
+    tcp = ASYNCIO  # tracemalloc sees asyncio's buffers, not uvloop's
     payload = b"x" * 65536
     router = Router()
 
