@@ -206,7 +206,7 @@ def test_serves_the_app_and_drains_in_flight_work_on_sigterm(start: Any) -> None
             await client.wait_closed()
 
     run(main())
-    assert server.wait(15) == 0
+    assert server.wait(15) == 0, server.log
     assert "SIGTERM: shutting down gracefully" in server.log
     assert "draining 1 connection(s)" in server.log
     assert server.log.rstrip().endswith("stopped")

@@ -92,6 +92,7 @@ class Sender:
         self._max_packet = max_packet_size
         self._out = bytearray(connection_header(channels))
         self._chunks: list[Buffer] = []
+        self._chunks_size = 0
         self._send_channels = 0  # 0 until the peer's header arrived
         self._busy = bytearray()
         self._free = 0
@@ -121,11 +122,17 @@ class Sender:
             chunks.append(bytes(self._out))
             self._out.clear()
         self._chunks = []
+        self._chunks_size = 0
         return chunks
 
     def bytes_to_send(self) -> bytes:
         """All of ``data_to_send()`` joined into one bytes object (handy in tests)."""
         return b"".join(self.data_to_send())
+
+    @property
+    def output_size(self) -> int:
+        """Bytes ready for ``data_to_send`` (not counting queued content)."""
+        return len(self._out) + self._chunks_size
 
     @property
     def has_queued(self) -> bool:
@@ -457,8 +464,10 @@ class Sender:
         else:
             if out:
                 self._chunks.append(bytes(out))
+                self._chunks_size += len(out)
                 out.clear()
             self._chunks.append(payload)
+            self._chunks_size += len(payload)
 
     def _free_channel(self) -> int:
         """The current write channel if it is free, else the first free one scanning up."""

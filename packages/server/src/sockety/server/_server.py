@@ -10,7 +10,7 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from sockety.core import ConnectionClosedError
 from sockety.core.aio import Connection, Handler, Outgoing
@@ -79,14 +79,17 @@ class Server:
         return connection
 
     def _connected(self, connection: Connection) -> bool:
+        """Admits (registers) a new connection, or refuses it when full or closing."""
         if self._closing is not None or (
             self._max_connections is not None and len(self._connections) >= self._max_connections
         ):
             return False
         self._connections.add(connection)
+        return True
+
+    def _opened(self, connection: Connection) -> None:
         if self._on_connect is not None:
             self._on_connect(connection)
-        return True
 
     def _disconnected(self, connection: Connection) -> None:
         if connection in self._connections:
@@ -187,12 +190,18 @@ class _ServerConnection(Connection):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # Admission first: a refused peer gets no Sockety header, so its connect() fails
+        # instead of succeeding and then losing the connection.
         if not self._server._connected(self):
             logger.warning(
-                "refusing connection from %s: server full or closing", self.remote_address
+                "refusing connection from %s: server full or closing",
+                transport.get_extra_info("peername"),
             )
-            self._fail(ConnectionClosedError("server full or closing", kind="refused"))
+            self._set_error(ConnectionClosedError("server full or closing", kind="refused"))
+            cast(asyncio.Transport, transport).abort()
+            return
+        super().connection_made(transport)
+        self._server._opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -136,6 +136,8 @@ class Connection(asyncio.BufferedProtocol):
         self._in_receive = False
         self._write_paused = False
         self._read_paused = False
+        self._backlog_paused = False  # reading paused because unread answers piled up
+        self._held_events: deque[Any] = deque()  # events waiting for that peer to read
         self._rx_buffered = 0
         self._last_rx = self._last_tx = self._loop.time()
         self._closing = False
@@ -398,6 +400,13 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._held_events:
+            held = list(self._held_events)
+            self._held_events.clear()
+            self._process(held)
+        if self._backlog_paused and not self._held_events:
+            self._backlog_paused = False
+            self._resume_reading()
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -500,11 +509,28 @@ class Connection(asyncio.BufferedProtocol):
         self._process(events)
 
     def _process(self, events: Sequence[Any]) -> None:
+        if self._held_events:  # earlier events wait for the peer to read: keep the order
+            self._held_events.extend(events)
+            return
         self._in_receive = True
         handlers = self._handlers
+        core = self._core
+        limit = self._write_buffer_limit
         try:
-            for event in events:
+            for index, event in enumerate(events):
                 handlers[type(event)](event)
+                if core.output_size > limit:
+                    # Handling what one read brought produced a lot to write: hand it over
+                    # now. If the peer does not read it (writing pauses), the rest of the
+                    # events wait, and so does reading: memory stays bounded by about the
+                    # write limit, not by what the peer's requests would make us answer.
+                    self._write()
+                    if self._write_paused:
+                        self._held_events.extend(events[index + 1 :])
+                        if self._held_events and not self._backlog_paused:
+                            self._backlog_paused = True
+                            self._pause_reading()
+                        break
         finally:
             self._in_receive = False
         self._write()
@@ -710,6 +736,7 @@ class Connection(asyncio.BufferedProtocol):
     def _resume_reading(self) -> None:
         if (
             self._read_paused
+            and not self._backlog_paused
             and self._transport is not None
             and len(self._inbox) < self._max_queued_messages
             and self._rx_buffered <= self._max_receive_buffer // 2
@@ -774,10 +801,8 @@ class Connection(asyncio.BufferedProtocol):
     async def wait_opened(self) -> None:
         """Waits for the peer's connection header (raises if the connection ends first)."""
         if not self._opened.done():
-            waiter = asyncio.ensure_future(asyncio.shield(self._opened))
-            done, _ = await asyncio.wait({waiter, self._closed}, return_when="FIRST_COMPLETED")
-            if waiter not in done:
-                waiter.cancel()
+            # asyncio.wait neither cancels nor consumes them (a failed _opened is retrieved).
+            await asyncio.wait({self._opened, self._closed}, return_when="FIRST_COMPLETED")
         self._check_open()
 
     @property
@@ -876,6 +901,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._held_events.clear()
         requests, self._requests = self._requests, {}
         for request in requests.values():
             request._fail(error)
