@@ -4,6 +4,7 @@ peer only loses its own connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from sockety.client import (
     ConnectError,
+    Connection,
     ConnectionClosedError,
     ConnectionLostError,
     Draft,
@@ -21,9 +23,11 @@ from sockety.client import (
     GoingAwayError,
     Message,
     RemoteProtocolError,
+    ResponseDraft,
     Router,
     connect,
 )
+from sockety.server import serve
 
 from .conftest import HOST, Net
 
@@ -247,3 +251,49 @@ def test_connect_errors_are_typed(tcp: Net) -> None:
             await connect(HOST, port, connect_timeout=2)
 
     tcp.run(main())
+
+
+def test_a_peer_that_never_reads_answers_cannot_grow_our_memory() -> None:
+    """20,000 requests for 64 KiB answers from a peer that reads none of them: the server stops
+    handling (and reading) once its write limit is full, instead of queueing 1.3 GB."""
+    import tracemalloc
+
+    from sockety.core import Connection as Core
+    from sockety.core import new_id
+
+    router = Router()
+    big = ResponseDraft(data="bytes")
+    answer = bytes(64 * 1024)
+
+    @router.action("get")
+    def get(message: Message) -> None:
+        message.respond(big(answer))
+
+    async def main() -> float:
+        tracemalloc.start()
+        try:
+            accepted: asyncio.Queue[Connection] = asyncio.Queue()
+            async with serve(router, HOST, 0, on_connect=accepted.put_nowait) as server:
+                sock = socket.create_connection((HOST, server.port))
+                sock.setblocking(False)
+                peer = Core()
+                peer.receive_data(b"\xe3")
+                for _ in range(20_000):
+                    peer.send_message(new_id(), "get", expects_response=True)
+                wire = peer.bytes_to_send()
+                loop = asyncio.get_running_loop()
+                with contextlib.suppress(TimeoutError):  # it may block: we stopped reading
+                    await asyncio.wait_for(loop.sock_sendall(sock, wire), 2)
+                connection = await accepted.get()
+                async with asyncio.timeout(10):  # no event says so: watch the flag, bounded
+                    while not connection._backlog_paused:  # reading paused, by design
+                        await asyncio.sleep(0.01)  # noqa: ASYNC110
+                assert connection.bytes_sent < 64 * 1024 * 1024  # far from 20,000 answers
+                peak = tracemalloc.get_traced_memory()[1]
+                sock.close()
+                return peak
+        finally:
+            tracemalloc.stop()
+
+    peak = Net("asyncio", False, None, None).run(main())
+    assert peak < 32 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
