@@ -73,7 +73,7 @@ def test_every_suite_regular_and_na_rows() -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert doc is not None
     rows = {(r["suite"], r["case"]): r for r in doc["results"]}
-    suites = {"raw", "http1", "http2", "grpc", "websockets"}
+    suites = {"raw", "sockety-tcp", "sockety-tls", "http1", "http2", "grpc", "websockets"}
     assert {s for s, _ in rows} == suites
     for suite in suites:
         row = rows[(suite, "regular")]
@@ -82,6 +82,8 @@ def test_every_suite_regular_and_na_rows() -> None:
     # HTTP/1.1 and gRPC have no protocol ping: reported, not silently dropped.
     assert rows[("http1", "ping")]["status"] == "n/a"
     assert rows[("grpc", "ping")]["status"] == "n/a"
+    # Sockety's Heartbeat is one-way: there is no ping round trip to time.
+    assert rows[("sockety-tcp", "ping")]["status"] == "n/a"
     assert_sane(rows[("http2", "ping")])
     assert_sane(rows[("websockets", "ping")])
 
@@ -220,3 +222,16 @@ def test_crashed_server_is_reported_and_replaced(popen: list[subprocess.Popen[st
     assert_sane(rows["regular"])
     assert proc.returncode in (0, 1), stderr
     assert _gone([server, *[c.pid for c in _descendants(proc.pid)]], time.monotonic() + 5) == []
+
+
+def test_sockety_suites_run_every_case_they_claim() -> None:
+    cases = "noreply,short,regular,data-1m,file-mem,file-disk,stream,fairness"
+    proc, doc = run_cli(*TINY, "-f", "sockety-tcp,sockety-tls", "-f", cases, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert doc is not None
+    rows = {(r["suite"], r["case"]): r for r in doc["results"]}
+    for suite in ("sockety-tcp", "sockety-tls"):
+        for case in cases.split(","):
+            assert_sane(rows[(suite, case)])
+        noreply = rows[(suite, "noreply")]["noreply"]
+        assert noreply["received_by_server"] == noreply["sent"] > 0
