@@ -390,10 +390,15 @@ class Sender:
     # -- channel-free packets -----------------------------------------------------------------
 
     def send_fast_reply(self, id: bytes, code: int) -> None:
-        if not 0 <= code <= MAX_FAST_REPLY_CODE:
-            raise LocalProtocolError(f"fast-reply code must be 0..4095, got {code}")
         if len(id) != 16:
             raise LocalProtocolError("an id is 16 bytes")
+        if 0 <= code < 16:
+            out = self._out
+            out += _UINT8[0x30 | code]
+            out += id
+            return
+        if not 0 <= code <= MAX_FAST_REPLY_CODE:
+            raise LocalProtocolError(f"fast-reply code must be 0..4095, got {code}")
         self._out += fast_reply_packet(id, code)
 
     def send_heartbeat(self) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from .. import _connection as _core
+from .._constants import FastReply
 from .._errors import (
     AbortedError,
     ConnectionClosedError,
@@ -51,7 +52,7 @@ from .._events import (
 )
 from .._ids import new_id
 from ._drafts import FileTransfer, Outgoing
-from ._exchanges import Incoming, Message, Request, Response, Transfer, as_code
+from ._exchanges import Incoming, Message, Request, Response, Transfer
 
 __all__ = ["Connection", "Handler"]
 
@@ -62,6 +63,8 @@ logger = logging.getLogger("sockety")
 Handler = Callable[[Message], Any]
 
 _FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
+_KNOWN_CODES = tuple(FastReply)
+_KNOWN_COUNT = len(_KNOWN_CODES)
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -664,11 +667,16 @@ class Connection(asyncio.BufferedProtocol):
                 self._check_idle()
 
     def _on_fast_reply(self, event: FastReplyReceived) -> None:
-        request = self._requests.get(event.id)
+        request = self._requests.pop(event.id, None)
         if request is not None:
-            if not request._multiple:
-                del self._requests[event.id]
-            request._deliver(as_code(event.code))
+            code = event.code
+            reply = _KNOWN_CODES[code] if code < _KNOWN_COUNT else code
+            future = request._future
+            if request._multiple:
+                self._requests[event.id] = request  # it listens on until closed
+                request._deliver(reply)
+            elif not future.done():
+                future.set_result(reply)
             if self._closing:
                 self._check_idle()
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .._constants import FastReply
 from .._errors import AbortedError, LocalProtocolError, ResponseTimeoutError
 from .._events import FileHeader
 from ._streams import ReceivedFile, StreamReader, StreamWriter
@@ -19,14 +18,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._drafts import Outgoing
 
-__all__ = ["Incoming", "Message", "Request", "Response", "Transfer", "as_code"]
-
-_KNOWN = tuple(FastReply)
-
-
-def as_code(code: int) -> int:
-    """A fast-reply code as :class:`FastReply` when it is one of the known ones."""
-    return _KNOWN[code] if code < len(_KNOWN) else code
+__all__ = ["Incoming", "Message", "Request", "Response", "Transfer"]
 
 
 class Incoming:

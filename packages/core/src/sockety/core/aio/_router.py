@@ -87,7 +87,7 @@ class Router:
 
     def __call__(self, message: Message) -> Result | Awaitable[Result]:
         try:
-            for index, middleware in enumerate(self._middleware):
+            for index, middleware in enumerate(self._middleware) if self._middleware else ():
                 result = middleware(message)
                 if result is not None:
                     if isinstance(result, int):
