@@ -34,6 +34,7 @@ from sockety.core._encoding import (
     message_header_packet,
     response_header_packet,
     sized_prefix,
+    switch_packet,
 )
 
 K = ProtocolErrorKind
@@ -870,3 +871,17 @@ def test_stream_and_file_chunks_keep_their_order_and_channel() -> None:
         StreamEnded(5, ID),
     ]
     assert conn.receiving == 0
+
+
+def test_partial_headers_on_every_channel_count_against_max_buffered_bytes() -> None:
+    """A peer could keep an unfinished header (Message packet, Continue to come) on each of
+    4096 channels; those bytes are limited like data being assembled."""
+    connection = Connection(max_buffered_bytes=64 * 1024)
+    connection.receive_data(b"\xe3")
+    # flags, id, an action length of 255, and only 100 of those bytes: Continue must follow
+    partial = b"\x20" + bytes([118]) + b"\x00" + bytes(16) + b"\xff" + b"a" * 100
+    wire = b"".join(switch_packet(channel) + partial for channel in range(1, 4096))
+    with pytest.raises(RemoteProtocolError) as error:
+        connection.receive_data(wire)
+    assert error.value.kind == ProtocolErrorKind.LIMIT_EXCEEDED
+    assert "max_buffered_bytes" in str(error.value)

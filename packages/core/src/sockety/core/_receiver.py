@@ -314,6 +314,18 @@ class Receiver:
             return -(1 + width), 0
         return int.from_bytes(buf[pos + 1 : end], "little"), end
 
+    def _hold(self, size: int) -> None:
+        """Counts ``size`` more bytes of unfinished headers against ``max_buffered_bytes``: a
+        peer could otherwise keep a partial header on every channel."""
+        self._buffered += size
+        if self._buffered > self._max_buffered_bytes:
+            raise RemoteProtocolError(
+                K.LIMIT_EXCEEDED,
+                f"data and headers being received are over "
+                f"max_buffered_bytes={self._max_buffered_bytes}",
+                channel=self._channel,
+            )
+
     def _current(self, name: str) -> _Incoming:
         incoming = self._incoming[self._channel]
         if incoming is None:
@@ -401,6 +413,7 @@ class Receiver:
         header = buf[start:end]
         if not self._read_header(incoming, header):
             incoming.header = bytearray(header)
+            self._hold(len(header))
         elif incoming.data_left == 0:
             self._announce(incoming, events, b"")
         elif end < n and buf[end] & 0xF3 == 0xE0:
@@ -504,8 +517,10 @@ class Receiver:
         if end > n:
             return pos - end
         header += buf[start:end]
+        self._hold(size)
         if len(header) >= incoming.header_need and self._read_header(incoming, bytes(header)):
             incoming.header = None
+            self._buffered -= len(header)
             if incoming.data_left == 0:
                 self._announce(incoming, events, b"")
         return end
@@ -617,6 +632,8 @@ class Receiver:
         incoming = self._current("Abort")
         if incoming.data is not None:
             self._buffered -= incoming.data_size
+        if incoming.header is not None:
+            self._buffered -= len(incoming.header)
         self._incoming[self._channel] = None
         if incoming.header is None:  # its id is known
             events.append(Aborted(self._channel, incoming.id))
