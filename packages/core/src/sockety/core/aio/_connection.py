@@ -519,10 +519,17 @@ class Connection(asyncio.BufferedProtocol):
         handlers = self._handlers
         core = self._core
         limit = self._write_buffer_limit
+        first = True
         try:
             for index, event in enumerate(events):
                 handlers[type(event)](event)
-                if core.output_size > limit:
+                if first and core._out:
+                    # The first answer of a batch goes out at once, so that the peer works on
+                    # it while we handle the rest: the two sides overlap instead of
+                    # alternating batch by batch.
+                    first = False
+                    self._write()
+                elif core.output_size > limit:
                     # Handling what one read brought produced a lot to write: hand it over
                     # now. If the peer does not read it (writing pauses), the rest of the
                     # events wait, and so does reading: memory stays bounded by about the
