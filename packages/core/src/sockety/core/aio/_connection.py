@@ -97,9 +97,11 @@ class Connection(asyncio.BufferedProtocol):
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
         # Bytes of queued content pulled from the core per loop turn: paces big transfers.
-        write_budget: int = 512 * 1024,
-        # Transport buffer size at which producers wait (pause_writing).
-        write_buffer_limit: int = 1024 * 1024,
+        write_budget: int = 256 * 1024,
+        # Transport buffer size at which producers wait (pause_writing): what can queue ahead
+        # of a small message. 256 KiB keeps that short and measured faster for 1 MiB payloads
+        # than 1 MiB (less memory churn).
+        write_buffer_limit: int = 256 * 1024,
         # Bytes a stream writer may queue before drain() waits.
         stream_buffer_limit: int = 512 * 1024,
         # The sans-IO limits (channels, max_action_size, max_data_size, ...): see
