@@ -319,20 +319,22 @@ class Receiver:
         peer could otherwise keep a partial header on every channel."""
         self._buffered += size
         if self._buffered > self._max_buffered_bytes:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.LIMIT_EXCEEDED,
                 f"data and headers being received are over "
                 f"max_buffered_bytes={self._max_buffered_bytes}",
-                channel=self._channel,
             )
+
+    def _violation(self, kind: ProtocolErrorKind, message: str) -> RemoteProtocolError:
+        """The error for a violation on the current channel."""
+        return RemoteProtocolError(kind, message, channel=self._channel)
 
     def _current(self, name: str) -> _Incoming:
         incoming = self._incoming[self._channel]
         if incoming is None:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.UNEXPECTED_PACKET,
                 f"{name} on channel {self._channel} with no message in progress",
-                channel=self._channel,
             )
         return incoming
 
@@ -389,10 +391,9 @@ class Receiver:
         if size < 0:
             return size
         if size > self._max_header_size:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.LIMIT_EXCEEDED,
                 f"header of {size} bytes is over max_header_size={self._max_header_size}",
-                channel=self._channel,
             )
         end = start + size
         if end > n:
@@ -502,16 +503,14 @@ class Receiver:
         incoming = self._current("Continue")
         header = incoming.header
         if header is None:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.UNEXPECTED_PACKET,
                 f"Continue on channel {self._channel} after the header was complete",
-                channel=self._channel,
             )
         if len(header) + size > self._max_header_size:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.LIMIT_EXCEEDED,
                 f"header over max_header_size={self._max_header_size}",
-                channel=self._channel,
             )
         end = start + size
         if end > n:
@@ -533,10 +532,9 @@ class Receiver:
             return size
         incoming = self._body("Data")
         if size > incoming.data_left or not incoming.data_left:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.DATA_OVERFLOW,
                 f"{size} data bytes, but only {incoming.data_left} more were declared",
-                channel=self._channel,
             )
         if size == incoming.data_size and start + size <= n:
             # The whole data in one packet, already here: the common, fast case.
@@ -546,10 +544,9 @@ class Receiver:
             return end
         if incoming.data is None:
             if self._buffered + incoming.data_size > self._max_buffered_bytes:
-                raise RemoteProtocolError(
+                raise self._violation(
                     K.LIMIT_EXCEEDED,
                     f"data being received is over max_buffered_bytes={self._max_buffered_bytes}",
-                    channel=self._channel,
                 )
             self._buffered += incoming.data_size
             incoming.data = bytearray(incoming.data_size)
@@ -592,10 +589,9 @@ class Receiver:
         incoming = self._body("File")
         left = self._check_file(incoming, index, "File")
         if size > left:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.FILE_SIZE_MISMATCH,
                 f"{size} bytes for file {index}, but only {left} more were declared",
-                channel=self._channel,
             )
         incoming.file_left[index] = left - size
         self._payload_kind = _FILE
@@ -614,10 +610,9 @@ class Receiver:
         incoming = self._body("File End")
         left = self._check_file(incoming, index, "File End")
         if left:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.FILE_SIZE_MISMATCH,
                 f"file {index} ended {left} bytes short of its declared size",
-                channel=self._channel,
             )
         incoming.file_left[index] = -1
         incoming.files_open -= 1
@@ -659,47 +654,41 @@ class Receiver:
     def _body(self, name: str) -> _Incoming:
         incoming = self._current(name)
         if incoming.header is not None:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.UNEXPECTED_PACKET,
                 f"{name} on channel {self._channel} before its header was complete",
-                channel=self._channel,
             )
         return incoming
 
     def _check_stream(self, incoming: _Incoming, name: str) -> None:
         if not incoming.stream_open:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.STREAM_CLOSED,
                 f"{name} on channel {self._channel}, but "
                 + ("its stream already ended" if incoming.has_stream else "it has no stream"),
-                channel=self._channel,
             )
         if incoming.data_left:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.UNEXPECTED_PACKET,
                 f"{name} on channel {self._channel} before its data was complete",
-                channel=self._channel,
             )
 
     def _check_file(self, incoming: _Incoming, index: int, name: str) -> int:
         if index >= len(incoming.file_left):
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.FILE_INDEX_OUT_OF_RANGE,
                 f"{name} for file {index}, but only {len(incoming.file_left)} were declared",
-                channel=self._channel,
             )
         left = incoming.file_left[index]
         if left < 0:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.FILE_SIZE_MISMATCH,
                 f"{name} for file {index} after its File End",
-                channel=self._channel,
             )
         if incoming.data_left:
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.UNEXPECTED_PACKET,
                 f"{name} on channel {self._channel} before its data was complete",
-                channel=self._channel,
             )
         return left
 
@@ -771,14 +760,11 @@ class Receiver:
             incoming.header_need = incomplete.args[0]
             return False
         except UnicodeDecodeError as error:
-            raise RemoteProtocolError(
-                K.BAD_HEADER, f"invalid UTF-8 in header: {error}", channel=self._channel
-            ) from None
+            raise self._violation(K.BAD_HEADER, f"invalid UTF-8 in header: {error}") from None
         if end != len(h):
-            raise RemoteProtocolError(
+            raise self._violation(
                 K.BAD_HEADER,
                 f"{len(h) - end} bytes after the end of the header",
-                channel=self._channel,
             )
         return True
 
@@ -810,10 +796,9 @@ class Receiver:
                 length = h[p]
                 p += 1
             if length > self._max_action_size:
-                raise RemoteProtocolError(
+                raise self._violation(
                     K.LIMIT_EXCEEDED,
                     f"action of {length} bytes is over max_action_size={self._max_action_size}",
-                    channel=self._channel,
                 )
             if p + length > n:
                 raise _Incomplete(p + length)
@@ -827,10 +812,9 @@ class Receiver:
             size = h[p] if width == 1 else int.from_bytes(h[p : p + width], "little")
             p += width
             if size > self._max_data_size:
-                raise RemoteProtocolError(
+                raise self._violation(
                     K.LIMIT_EXCEEDED,
                     f"data of {size} bytes is over max_data_size={self._max_data_size}",
-                    channel=self._channel,
                 )
             incoming.data_size = incoming.data_left = size
         width = _COUNT_WIDTHS[(flags >> 4) & 3]
@@ -840,10 +824,9 @@ class Receiver:
             count = int.from_bytes(h[p : p + width], "little")
             p += width
             if count > self._max_files:
-                raise RemoteProtocolError(
+                raise self._violation(
                     K.LIMIT_EXCEEDED,
                     f"{count} files are over max_files={self._max_files}",
-                    channel=self._channel,
                 )
             width = _TOTAL_WIDTHS[(flags >> 2) & 3]
             if p + width > n:
@@ -869,10 +852,9 @@ class Receiver:
                 files.append(FileHeader(h[q : q + length].decode(), file_size))
                 p = q + length
             if sum(file.size for file in files) != total:
-                raise RemoteProtocolError(
+                raise self._violation(
                     K.BAD_HEADER,
                     f"total files size {total} is not the sum of the file sizes",
-                    channel=self._channel,
                 )
             incoming.files = tuple(files)
             incoming.file_left = [file.size for file in files]
