@@ -105,6 +105,7 @@ class Sender:
         self._peer_going_away = False
         self._actions: dict[str | bytes, tuple[int, bytes]] = {}
         self._headers: dict[tuple[str | bytes, int, bool], tuple[bytes, bytes]] = {}
+        self._responses: dict[tuple[int, bool], tuple[bytes, bytes]] = {}  # at most 512
 
     # -- output -------------------------------------------------------------------------------
 
@@ -278,6 +279,41 @@ class Sender:
         expects_response: bool = False,
     ) -> None:
         """Starts a Response to the message ``parent_id``; like ``send_message`` otherwise."""
+        size = len(data)
+        if (
+            not files
+            and not stream
+            and size < 0x100
+            and len(id) == 16
+            and len(parent_id) == 16
+            and self._free
+            and not self._waiting
+            and id not in self._outgoing
+        ):
+            # The hot path, as in send_message: a small response is written at once from a
+            # cached header (the ids are its only varying part).
+            parts = self._responses.get((size, expects_response))
+            if parts is None:
+                header = response_header_packet(
+                    bytes(16), bytes(16), size, [], False, expects_response
+                )
+                cut = 2 + (1, 2, 3, 4)[(header[0] >> 2) & 3]  # after type, size and flags
+                parts = (
+                    header[:cut],
+                    header[cut + 32 :] + (sized_prefix(0xE0, size) if size else b""),
+                )
+                self._responses[(size, expects_response)] = parts
+            channel = self._wch
+            if channel >= self._send_channels or self._busy[channel]:
+                self._switch(self._free_channel())
+            out = self._out
+            out += parts[0]
+            out += parent_id
+            out += id
+            out += parts[1]
+            if size:
+                out += data
+            return
         file_list = [(_as_bytes(name), size) for name, size in files]
         header = response_header_packet(
             parent_id, id, len(data), file_list, stream, expects_response
