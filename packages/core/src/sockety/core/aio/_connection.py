@@ -89,8 +89,9 @@ class Connection(asyncio.BufferedProtocol):
         close_timeout: float = 10.0,
         # Stream/file bytes waiting for the application before reading pauses.
         max_receive_buffer: int = 4 * 1024 * 1024,
-        # The reusable read buffer (per connection: keep it small for many connections).
-        read_buffer_size: int = 64 * 1024,
+        # The reusable read buffer grows up to this when reads fill it (bulk streams and
+        # files); it starts at 64 KiB, so that many quiet connections stay cheap.
+        read_buffer_size: int = 256 * 1024,
         # Kernel socket buffers (SO_SNDBUF/SO_RCVBUF); None leaves the OS's autotuning. Smaller
         # ones bound how much bulk data can queue ahead of a small message.
         socket_buffer_size: int | None = None,
@@ -122,7 +123,8 @@ class Connection(asyncio.BufferedProtocol):
         self._stream_buffer_limit = stream_buffer_limit
         self._transport: asyncio.Transport | None = None
         # Reads land here unless they are message data (see get_buffer).
-        self._read_view = memoryview(bytearray(read_buffer_size))
+        self._read_view = memoryview(bytearray(min(read_buffer_size, 64 * 1024)))
+        self._read_buffer_size = read_buffer_size
         self._socket_buffer_size = socket_buffer_size
         self._direct = False
         self._requests: dict[bytes, Request] = {}
@@ -494,7 +496,11 @@ class Connection(asyncio.BufferedProtocol):
             if events:
                 self._process(events)
             return
-        self.data_received(self._read_view[:nbytes])
+        view = self._read_view
+        self.data_received(view[:nbytes])
+        if nbytes == len(view) and nbytes < self._read_buffer_size:
+            # A full read: bulk traffic. Read more at a time from now on.
+            self._read_view = memoryview(bytearray(min(4 * nbytes, self._read_buffer_size)))
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Feeds bytes from the peer (``buffer_updated`` does; also usable directly)."""
