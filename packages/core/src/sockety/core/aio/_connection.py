@@ -167,10 +167,10 @@ class Connection(asyncio.BufferedProtocol):
             FileChunkReceived: self._on_file_chunk,
             FileEnded: self._on_file_end,
             Aborted: self._on_aborted,
-            HeartbeatReceived: self._on_heartbeat,
+            HeartbeatReceived: self._ignore,  # it already refreshed the idle timer
             GoAwayReceived: self._on_go_away,
             ConnectionOpened: self._on_opened,
-            ConnectionClosed: self._on_heartbeat,  # nothing to do: connection_lost follows
+            ConnectionClosed: self._ignore,  # connection_lost follows
         }
 
     # -- information --------------------------------------------------------------------------
@@ -727,7 +727,7 @@ class Connection(asyncio.BufferedProtocol):
         for reply in target._replies:
             reply.abort()  # our answers to an aborted message are cancelled too
 
-    def _on_heartbeat(self, event: object) -> None:
+    def _ignore(self, event: object) -> None:
         pass
 
     def _on_go_away(self, event: GoAwayReceived) -> None:
