@@ -338,10 +338,7 @@ class Receiver:
             )
         return incoming
 
-    # Packet handlers: return the position after the packet, or -(bytes the packet needs).
-
-    def _on_switch_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
-        channel = b & 0x0F
+    def _switch_to(self, channel: int) -> None:
         if channel >= self._in_channels:
             raise RemoteProtocolError(
                 K.CHANNEL_OUT_OF_RANGE,
@@ -349,19 +346,19 @@ class Receiver:
                 channel=channel,
             )
         self._channel = channel
+
+    # Packet handlers: return the position after the packet, or -(bytes the packet needs).
+
+    def _on_switch_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        channel = b & 0x0F
+        self._switch_to(channel)
         return pos + 1
 
     def _on_switch_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
         if pos + 2 > n:
             return -2
         channel = (b & 0x0F) << 8 | buf[pos + 1]
-        if channel >= self._in_channels:
-            raise RemoteProtocolError(
-                K.CHANNEL_OUT_OF_RANGE,
-                f"switch to channel {channel}, but we receive on {self._in_channels}",
-                channel=channel,
-            )
-        self._channel = channel
+        self._switch_to(channel)
         return pos + 2
 
     def _on_fast_reply_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:

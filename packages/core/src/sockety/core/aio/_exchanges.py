@@ -155,19 +155,7 @@ class Message(Incoming):
         files: tuple[FileHeader, ...],
         data: bytes | bytearray,
     ) -> None:
-        # Incoming.__init__, inlined: this runs for every message.
-        self._connection = connection
-        self._raw_id = raw_id
-        self._uuid = None
-        self.expects_response = expects_response
-        self.data = data
-        self._decoded = _UNSET
-        self._answered = False
-        self._discarded = False
-        self._task = None
-        self._replies = []
-        self.stream = StreamReader(connection) if has_stream else None
-        self.files = _received_files(connection, files) if files else ()
+        Incoming.__init__(self, connection, raw_id, expects_response, has_stream, files, data)
         self.action = action
 
     def __repr__(self) -> str:
@@ -189,19 +177,7 @@ class Response(Incoming):
         files: tuple[FileHeader, ...],
         data: bytes | bytearray,
     ) -> None:
-        # Incoming.__init__, inlined: this runs for every response.
-        self._connection = connection
-        self._raw_id = raw_id
-        self._uuid = None
-        self.expects_response = expects_response
-        self.data = data
-        self._decoded = _UNSET
-        self._answered = False
-        self._discarded = False
-        self._task = None
-        self._replies = []
-        self.stream = StreamReader(connection) if has_stream else None
-        self.files = _received_files(connection, files) if files else ()
+        Incoming.__init__(self, connection, raw_id, expects_response, has_stream, files, data)
         self._parent_id = parent_id
 
     @property
