@@ -66,6 +66,7 @@ _FILE_SIZE_WIDTHS = (1, 2, 3, 6)  # AA bits of a file header
 _INDEX_WIDTHS = (0, 1, 2, 3)  # BB bits of File / File End
 
 _DATA, _STREAM, _FILE = 0, 1, 2
+_new = tuple.__new__  # builds a NamedTuple event without its Python-level __new__
 
 
 class _Incomplete(Exception):
@@ -365,7 +366,7 @@ class Receiver:
         end = pos + 17
         if end > n:
             return -17
-        events.append(FastReplyReceived(buf[pos + 1 : end], b & 0x0F))
+        events.append(_new(FastReplyReceived, (buf[pos + 1 : end], b & 0x0F)))
         return end
 
     def _on_fast_reply_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
@@ -375,10 +376,93 @@ class Receiver:
         events.append(FastReplyReceived(buf[pos + 2 : end], (b & 0x0F) << 8 | buf[pos + 1]))
         return end
 
+    # The hot path of both sides: a small Message or Response whose header (no files, no
+    # stream, one packet of < 256 bytes) and data (< 256 bytes, one Data packet right after it)
+    # are here whole is reported at once, without channel state: no _Incoming, no copy of the
+    # header. Whatever does not fit that shape exactly -- including every violation -- returns
+    # to the general path (_start), which also says precisely what is wrong.
+
     def _on_message(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        start = pos + 2
+        if not b & 0x0E and start < n:  # a 1-byte header size, no stream
+            end = start + buf[pos + 1]
+            # flags: no files (EE), 1-byte action length, data size width 0 or 1 (DD)
+            if end <= n and end - start >= 18 and not buf[start] & 0xB3:
+                p = start + 18 + buf[start + 17]  # after flags, id, action length, action
+                size = 0
+                if buf[start] & 0x40:
+                    if p + 1 == end:
+                        size = buf[p]
+                    else:
+                        p = -1
+                if (
+                    p + (size > 0) == end
+                    and buf[start + 17] <= self._max_action_size
+                    and self._incoming[self._channel] is None
+                    and size <= self._max_data_size
+                    and end - start <= self._max_header_size
+                ):
+                    if not size:
+                        data = b""
+                    elif end + 2 + size <= n and buf[end] == 0xE0 and buf[end + 1] == size:
+                        data = buf[end + 2 : end + 2 + size]
+                    else:
+                        return self._start(buf, pos, n, b, events, False)
+                    try:
+                        action = buf[start + 18 : start + 18 + buf[start + 17]].decode()
+                    except UnicodeDecodeError:
+                        return self._start(buf, pos, n, b, events, False)
+                    events.append(
+                        _new(
+                            MessageReceived,
+                            (
+                                self._channel,
+                                buf[start + 1 : start + 17],
+                                action,
+                                bool(b & 1),
+                                False,
+                                (),
+                                data,
+                            ),
+                        )
+                    )
+                    return end + 2 + size if size else end
         return self._start(buf, pos, n, b, events, False)
 
     def _on_response(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+        start = pos + 2
+        if not b & 0x0E and start < n:
+            end = start + buf[pos + 1]
+            # flags: no files, no stream, data size width 0 or 1: header = flags + 2 ids + size
+            flags = buf[start] if end <= n else 0xFF
+            if not flags & 0xB3 and end - start == (34 if flags & 0x40 else 33):
+                size = buf[start + 33] if flags & 0x40 else 0
+                if (
+                    self._incoming[self._channel] is None
+                    and size <= self._max_data_size
+                    and end - start <= self._max_header_size
+                ):
+                    if not size:
+                        data = b""
+                    elif end + 2 + size <= n and buf[end] == 0xE0 and buf[end + 1] == size:
+                        data = buf[end + 2 : end + 2 + size]
+                    else:
+                        return self._start(buf, pos, n, b, events, True)
+                    events.append(
+                        _new(
+                            ResponseReceived,
+                            (
+                                self._channel,
+                                buf[start + 1 : start + 17],
+                                buf[start + 17 : start + 33],
+                                bool(b & 1),
+                                False,
+                                (),
+                                data,
+                            ),
+                        )
+                    )
+                    return end + 2 + size if size else end
         return self._start(buf, pos, n, b, events, True)
 
     def _start(
@@ -402,10 +486,6 @@ class Receiver:
                 f"{'response' if is_response else 'message'} started on busy channel {channel}",
                 channel=channel,
             )
-        if not b & 2 and end > start and not buf[start] & 0x31:
-            done = self._complete(buf, start, end, n, b, events, is_response)
-            if done:
-                return done
         incoming = _Incoming(is_response, bool(b & 1), bool(b & 2))
         self._incoming[channel] = incoming
         header = buf[start:end]
@@ -415,80 +495,12 @@ class Receiver:
         elif incoming.data_left == 0:
             self._announce(incoming, events, b"")
         elif end < n and buf[end] & 0xF3 == 0xE0:
-            # The hot path: the data follows at once, whole, in one Data packet.
+            # The data follows at once, whole, in one Data packet.
             size, data_start = self._sized(buf, end, n, buf[end])
             if size == incoming.data_size and data_start + size <= n:
                 incoming.data_left = 0
                 self._announce(incoming, events, buf[data_start : data_start + size])
                 return data_start + size
-        return end
-
-    def _complete(
-        self, buf: bytes, start: int, end: int, n: int, b: int, events: list[Any], response: bool
-    ) -> int:
-        """The hot path: a header without files or stream, whose data (if any) follows at
-        once in one Data packet that is already here, is reported without any channel state.
-        Returns the position after it, or 0 to take the general path (which also reports any
-        violation precisely)."""
-        flags = buf[start]
-        p = start + 1
-        # Every field must lie within the header; if not, the general path says why.
-        if end - p < (32 if response else 18):
-            return 0
-        if response:
-            if flags & 2:
-                return 0
-            parent_id = buf[p : p + 16]
-            id = buf[p + 16 : p + 32]
-            p += 32
-            action = ""
-        else:
-            id = buf[p : p + 16]
-            p += 16
-            if flags & 2:
-                length = buf[p] | buf[p + 1] << 8
-                p += 2
-            else:
-                length = buf[p]
-                p += 1
-            if length > self._max_action_size or p + length > end:
-                return 0
-            try:
-                action = buf[p : p + length].decode()
-            except UnicodeDecodeError:
-                return 0
-            p += length
-        width = flags >> 6
-        if p + width > end:
-            return 0
-        if width == 0:
-            size = 0
-        elif width == 1:
-            size = buf[p]
-            p += 1
-        elif width == 2:
-            size = buf[p] | buf[p + 1] << 8
-            p += 2
-        else:
-            return 0
-        if p != end or size > self._max_data_size:
-            return 0
-        if size:
-            if end >= n or buf[end] & 0xF3 != 0xE0:
-                return 0
-            data_size, data_start = self._sized(buf, end, n, buf[end])
-            end = data_start + size
-            if data_size != size or end > n:
-                return 0
-            data = buf[data_start:end]
-        else:
-            data = b""
-        if response:
-            events.append(
-                ResponseReceived(self._channel, parent_id, id, bool(b & 1), False, (), data)
-            )
-        else:
-            events.append(MessageReceived(self._channel, id, action, bool(b & 1), False, (), data))
         return end
 
     def _on_continue(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:

@@ -255,7 +255,8 @@ class Connection(asyncio.BufferedProtocol):
     def _start(
         self, outgoing: Outgoing, parent_id: bytes | None, expects_response: bool, multiple: bool
     ) -> Transfer:
-        self._check_open()
+        if self._error is not None or self._transport is None:
+            self._check_open()
         raw_id = new_id()
         core = self._core
         try:
@@ -288,7 +289,8 @@ class Connection(asyncio.BufferedProtocol):
             transfer = Transfer(self, raw_id, outgoing.stream)
         if outgoing.files:
             self._send_files(transfer, outgoing.files)
-        self._schedule_flush()
+        if self._flush_handle is None and not self._in_receive:
+            self._schedule_flush()
         return transfer
 
     def _send_files(self, transfer: Transfer, files: tuple[FileTransfer, ...]) -> None:
@@ -537,7 +539,7 @@ class Connection(asyncio.BufferedProtocol):
                     # alternating batch by batch.
                     first = False
                     self._write()
-                elif core.output_size > limit:
+                elif len(core._out) + core._chunks_size > limit:  # core.output_size, inlined
                     # Handling what one read brought produced a lot to write: hand it over
                     # now. If the peer does not read it (writing pauses), the rest of the
                     # events wait, and so does reading: memory stays bounded by about the
@@ -595,15 +597,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_message(self, event: MessageReceived) -> None:
         self.messages_received += 1
-        message = Message(
-            self,
-            event.id,
-            event.action,
-            event.expects_response,
-            event.has_stream,
-            event.files,
-            event.data,
-        )
+        message = Message(self, event.id, event)
+        message.action = event.action
         if event.has_stream or event.files:
             self._receiving[event.id] = message
         handler = self._handler
@@ -631,7 +626,6 @@ class Connection(asyncio.BufferedProtocol):
                 counts[result] = counts.get(result, 0) + 1
         elif inspect.isawaitable(result):
             task = self._loop.create_task(self._run_handler(message, result))
-            message._task = task
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
 
@@ -662,22 +656,19 @@ class Connection(asyncio.BufferedProtocol):
             message.fast_reply(5)  # InternalError
 
     def _on_response(self, event: ResponseReceived) -> None:
-        response = Response(
-            self,
-            event.parent_id,
-            event.id,
-            event.expects_response,
-            event.has_stream,
-            event.files,
-            event.data,
-        )
+        response = Response(self, event.id, event)
+        response._parent_id = event.parent_id
         if event.has_stream or event.files:
             self._receiving[event.id] = response
         request = self._requests.get(event.parent_id)
         if request is not None:
-            if not request._multiple:
+            if request._multiple:
+                request._deliver(response)
+            else:
                 del self._requests[event.parent_id]
-            request._deliver(response)
+                future = request._future
+                if not future.done():
+                    future.set_result(response)
             if self._closing:
                 self._check_idle()
 
@@ -724,7 +715,7 @@ class Connection(asyncio.BufferedProtocol):
         if target is None:
             return
         target._abort(AbortedError("aborted by the peer", by_peer=True))
-        for reply in target._replies:
+        for reply in target._replies or ():
             reply.abort()  # our answers to an aborted message are cancelled too
 
     def _ignore(self, event: object) -> None:

@@ -116,6 +116,8 @@ class _BaseDraft:
             if data is not None or files:
                 raise LocalProtocolError("this draft takes no data and no files")
             return self._empty
+        if files and not self._files:
+            raise LocalProtocolError("this draft takes no files")
         if self._data == "msgpack":
             payload: bytes | bytearray | memoryview = _packb(data)
         elif self._data == "bytes":
@@ -129,9 +131,7 @@ class _BaseDraft:
             if data is not None:
                 raise LocalProtocolError("this draft takes no data")
             payload = b""
-        if files and not self._files:
-            raise LocalProtocolError("this draft takes no files")
-        return Outgoing(self._action, payload, tuple(files), self._stream)
+        return Outgoing(self._action, payload, tuple(files) if files else (), self._stream)
 
 
 class Draft(_BaseDraft):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .._errors import AbortedError, LocalProtocolError, ResponseTimeoutError
-from .._events import FileHeader
+from .._events import FileHeader, MessageReceived, ResponseReceived
 from ._streams import ReceivedFile, StreamReader, StreamWriter
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ class Incoming:
         "_discarded",
         "_raw_id",
         "_replies",
-        "_task",
         "_uuid",
         "data",
         "expects_response",
@@ -40,29 +39,25 @@ class Incoming:
     )
 
     def __init__(
-        self,
-        connection: Connection,
-        raw_id: bytes,
-        expects_response: bool,
-        has_stream: bool,
-        files: tuple[FileHeader, ...],
-        data: bytes | bytearray,
+        self, connection: Connection, raw_id: bytes, event: MessageReceived | ResponseReceived
     ) -> None:
+        # One frame per arrival (the connection sets the subclass's own field after it).
         self._connection = connection
         self._raw_id = raw_id
         self._uuid: uuid.UUID | None = None
-        self.expects_response = expects_response
+        self.expects_response = event.expects_response
         #: The data, complete (bytes; a bytearray when it arrived in several packets).
-        self.data = data
+        self.data = event.data
         self._decoded: Any = _UNSET
         self._answered = False
         self._discarded = False
-        self._task: asyncio.Task[Any] | None = None
-        self._replies: list[Transfer] = []
+        self._replies: list[Transfer] | None = None  # replies aborted if the peer aborts it
         #: The attached stream, or None.
-        self.stream: StreamReader | None = StreamReader(connection) if has_stream else None
+        self.stream: StreamReader | None = StreamReader(connection) if event.has_stream else None
         #: The attached files, in order.
-        self.files: tuple[ReceivedFile, ...] = _received_files(connection, files) if files else ()
+        self.files: tuple[ReceivedFile, ...] = (
+            _received_files(connection, event.files) if event.files else ()
+        )
 
     @property
     def id(self) -> uuid.UUID:
@@ -102,6 +97,8 @@ class Incoming:
         reply = self._connection._start(response, self._raw_id, expects_response, False)
         self._connection.responses_sent += 1
         if self.stream is not None or self.files:
+            if self._replies is None:
+                self._replies = []
             self._replies.append(reply)  # aborted with this message if the peer aborts it
         return reply
 
@@ -145,18 +142,7 @@ class Message(Incoming):
 
     __slots__ = ("action",)
 
-    def __init__(
-        self,
-        connection: Connection,
-        raw_id: bytes,
-        action: str,
-        expects_response: bool,
-        has_stream: bool,
-        files: tuple[FileHeader, ...],
-        data: bytes | bytearray,
-    ) -> None:
-        Incoming.__init__(self, connection, raw_id, expects_response, has_stream, files, data)
-        self.action = action
+    action: str  #: the action named by the sender
 
     def __repr__(self) -> str:
         return f"<Message {self.action!r} {self.id} data={len(self.data)} B>"
@@ -167,18 +153,7 @@ class Response(Incoming):
 
     __slots__ = ("_parent_id",)
 
-    def __init__(
-        self,
-        connection: Connection,
-        parent_id: bytes,
-        raw_id: bytes,
-        expects_response: bool,
-        has_stream: bool,
-        files: tuple[FileHeader, ...],
-        data: bytes | bytearray,
-    ) -> None:
-        Incoming.__init__(self, connection, raw_id, expects_response, has_stream, files, data)
-        self._parent_id = parent_id
+    _parent_id: bytes
 
     @property
     def parent_id(self) -> uuid.UUID:
