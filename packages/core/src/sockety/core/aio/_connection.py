@@ -52,7 +52,7 @@ from .._events import (
 )
 from .._ids import new_id
 from ._drafts import FileTransfer, Outgoing
-from ._exchanges import Incoming, Message, Request, Response, Transfer
+from ._exchanges import Incoming, Message, Request, Response, Transfer, _MultiRequest
 
 __all__ = ["Connection", "Handler"]
 
@@ -244,7 +244,7 @@ class Connection(asyncio.BufferedProtocol):
             raise GoingAwayError(
                 "the connection is going away (Go Away sent or received): no new messages"
             ) from None
-        request = Request(self, raw_id, message.stream, multiple)
+        request = (_MultiRequest if multiple else Request)(self, raw_id, message.stream)
         self._requests[raw_id] = request
         if message.files:
             self._send_files(request, message.files)
@@ -283,7 +283,9 @@ class Connection(asyncio.BufferedProtocol):
                 "the connection is going away (Go Away sent or received): no new messages"
             ) from None
         if expects_response and parent_id is None:
-            transfer: Transfer = Request(self, raw_id, outgoing.stream, multiple)
+            transfer: Transfer = (_MultiRequest if multiple else Request)(
+                self, raw_id, outgoing.stream
+            )
             self._requests[raw_id] = transfer  # type: ignore[assignment]
         else:
             transfer = Transfer(self, raw_id, outgoing.stream)

@@ -31,7 +31,6 @@ class Incoming:
         "_discarded",
         "_raw_id",
         "_replies",
-        "_uuid",
         "data",
         "expects_response",
         "files",
@@ -44,7 +43,6 @@ class Incoming:
         # One frame per arrival (the connection sets the subclass's own field after it).
         self._connection = connection
         self._raw_id = raw_id
-        self._uuid: uuid.UUID | None = None
         self.expects_response = event.expects_response
         #: The data, complete (bytes; a bytearray when it arrived in several packets).
         self.data = event.data
@@ -61,9 +59,7 @@ class Incoming:
 
     @property
     def id(self) -> uuid.UUID:
-        if self._uuid is None:
-            self._uuid = uuid.UUID(bytes=self._raw_id)
-        return self._uuid
+        return uuid.UUID(bytes=self._raw_id)
 
     @property
     def connection(self) -> Connection:
@@ -134,7 +130,6 @@ def _received_files(
 
 
 _UNSET: Any = object()
-_NO_QUEUE: deque[Any] = deque(maxlen=0)  # single-reply requests never queue
 
 
 class Message(Incoming):
@@ -166,12 +161,11 @@ class Response(Incoming):
 class Transfer:
     """A message or response we send: its stream (if any), completion and abort."""
 
-    __slots__ = ("_connection", "_error", "_pump", "_raw_id", "_uuid", "stream")
+    __slots__ = ("_connection", "_error", "_pump", "_raw_id", "stream")
 
     def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
         self._connection = connection
         self._raw_id = raw_id
-        self._uuid: uuid.UUID | None = None
         self._error: BaseException | None = None
         self._pump: asyncio.Task[None] | None = None
         #: The stream we write, or None.
@@ -179,9 +173,7 @@ class Transfer:
 
     @property
     def id(self) -> uuid.UUID:
-        if self._uuid is None:
-            self._uuid = uuid.UUID(bytes=self._raw_id)
-        return self._uuid
+        return uuid.UUID(bytes=self._raw_id)
 
     async def sent(self) -> None:
         """Waits until all of it (data, files, stream end) was handed to the network."""
@@ -196,32 +188,22 @@ class Request(Transfer):
     """A message that expects responses. Await it (or ``response()``) for the first reply: a
     :class:`Response`, or an ``int`` fast-reply code (a :class:`FastReply` when known)."""
 
-    __slots__ = ("_closed", "_future", "_multiple", "_queue", "_waiter")
+    __slots__ = ("_future",)
 
-    def __init__(
-        self, connection: Connection, raw_id: bytes, has_stream: bool, multiple: bool
-    ) -> None:
+    _multiple = False  # request(..., multiple=True) makes a _MultiRequest
+
+    def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
         # Transfer.__init__, inlined: this runs for every request.
         self._connection = connection
         self._raw_id = raw_id
-        self._uuid = None
         self._error = None
         self._pump = None
         self.stream = StreamWriter(connection, raw_id) if has_stream else None
         self._future: asyncio.Future[Response | int] = connection._loop.create_future()
-        self._multiple = multiple
-        self._queue: deque[Response | int] = deque() if multiple else _NO_QUEUE
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
 
     def _deliver(self, reply: Response | int) -> None:
         if not self._future.done():
             self._future.set_result(reply)
-        elif self._multiple:
-            self._queue.append(reply)
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
@@ -229,9 +211,6 @@ class Request(Transfer):
         if not future.done():
             future.set_exception(error)
             future.exception()  # retrieved: nobody has to await a failed request
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         if self._pump is not None:
             self._pump.cancel()
 
@@ -247,11 +226,49 @@ class Request(Transfer):
         except TimeoutError:
             raise ResponseTimeoutError(f"no response to {self.id} within {timeout:g} s") from None
 
-    async def responses(self) -> AsyncIterator[Response | int]:
+    def responses(self) -> AsyncIterator[Response | int]:
         """Every reply as it arrives (needs ``request(..., multiple=True)``), until ``close()``
         or the connection closes."""
-        if not self._multiple:
-            raise LocalProtocolError("responses() needs request(..., multiple=True)")
+        raise LocalProtocolError("responses() needs request(..., multiple=True)")
+
+    def close(self) -> None:
+        """Stops listening for more replies (multiple mode)."""
+        self._connection._requests.pop(self._raw_id, None)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.id}>"
+
+
+class _MultiRequest(Request):
+    """A request that listens for several replies until closed."""
+
+    __slots__ = ("_closed", "_queue", "_waiter")
+
+    _multiple = True
+
+    def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
+        super().__init__(connection, raw_id, has_stream)
+        self._queue: deque[Response | int] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def _deliver(self, reply: Response | int) -> None:
+        if not self._future.done():
+            self._future.set_result(reply)
+            return
+        self._queue.append(reply)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        super()._fail(error)
+        self._wake()
+
+    async def responses(self) -> AsyncIterator[Response | int]:
         yield await self._future
         while True:
             while not self._queue:
@@ -264,12 +281,6 @@ class Request(Transfer):
             yield self._queue.popleft()
 
     def close(self) -> None:
-        """Stops listening for more replies (multiple mode)."""
         self._closed = True
-        self._connection._requests.pop(self._raw_id, None)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def __repr__(self) -> str:
-        return f"<Request {self.id}>"
+        super().close()
+        self._wake()
