@@ -36,6 +36,7 @@ limited per message (``max_data_size``) and in total (``max_buffered_bytes``).
 
 from __future__ import annotations
 
+from struct import Struct
 from typing import Any
 
 from ._errors import ProtocolErrorKind, RemoteProtocolError
@@ -67,6 +68,12 @@ _INDEX_WIDTHS = (0, 1, 2, 3)  # BB bits of File / File End
 
 _DATA, _STREAM, _FILE = 0, 1, 2
 _new = tuple.__new__  # builds a NamedTuple event without its Python-level __new__
+# Fields of small exchanges read in one call, from the type byte on (see _on_message): header
+# size, flags, id(s), then the action length, or the data size and the Data packet's type and size.
+_MESSAGE_START = Struct("<xBB16sB").unpack_from
+_DATA_START = Struct("<BBB").unpack_from
+_RESPONSE_WITH_DATA = Struct("<xBB16s16sBBB").unpack_from
+_RESPONSE_WITHOUT_DATA = Struct("<xBB16s16s").unpack_from
 
 
 class _Incomplete(Exception):
@@ -383,86 +390,80 @@ class Receiver:
     # to the general path (_start), which also says precisely what is wrong.
 
     def _on_message(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
-        start = pos + 2
-        if not b & 0x0E and start < n:  # a 1-byte header size, no stream
-            end = start + buf[pos + 1]
-            # flags: no files (EE), 1-byte action length, data size width 0 or 1 (DD)
-            if end <= n and end - start >= 18 and not buf[start] & 0xB3:
-                p = start + 18 + buf[start + 17]  # after flags, id, action length, action
-                size = 0
-                if buf[start] & 0x40:
-                    if p + 1 == end:
-                        size = buf[p]
-                    else:
-                        p = -1
-                if (
-                    p + (size > 0) == end
-                    and buf[start + 17] <= self._max_action_size
-                    and self._incoming[self._channel] is None
-                    and size <= self._max_data_size
-                    and end - start <= self._max_header_size
-                ):
-                    if not size:
-                        data = b""
-                    elif end + 2 + size <= n and buf[end] == 0xE0 and buf[end + 1] == size:
-                        data = buf[end + 2 : end + 2 + size]
-                    else:
-                        return self._start(buf, pos, n, b, events, False)
+        if pos + 20 <= n and not b & 0x0E:  # a 1-byte header size, no stream (b is 0x20 | 0x21)
+            header_size, flags, id, length = _MESSAGE_START(buf, pos)
+            p: int = pos + 20 + length  # after the action
+            if (
+                length <= self._max_action_size
+                and self._incoming[self._channel] is None
+                and header_size <= self._max_header_size
+            ):
+                if flags == 0x40 and header_size == 19 + length and p + 3 <= n:
+                    # A 1-byte data size closes the header; a Data packet with a 1-byte size.
+                    size, data_type, data_size = _DATA_START(buf, p)
+                    end: int = p + 3 + size
+                    if (
+                        data_type == 0xE0
+                        and data_size == size
+                        and end <= n
+                        and size <= self._max_data_size
+                    ):
+                        try:
+                            action = buf[pos + 20 : p].decode()
+                        except UnicodeDecodeError:
+                            return self._start(buf, pos, n, b, events, False)
+                        data = buf[p + 3 : end]
+                        events.append(
+                            _new(
+                                MessageReceived,
+                                (self._channel, id, action, b == 0x21, False, (), data),
+                            )
+                        )
+                        return end
+                elif flags == 0 and header_size == 18 + length and p <= n:  # no data
                     try:
-                        action = buf[start + 18 : start + 18 + buf[start + 17]].decode()
+                        action = buf[pos + 20 : p].decode()
                     except UnicodeDecodeError:
                         return self._start(buf, pos, n, b, events, False)
-                    events.append(
-                        _new(
-                            MessageReceived,
-                            (
-                                self._channel,
-                                buf[start + 1 : start + 17],
-                                action,
-                                bool(b & 1),
-                                False,
-                                (),
-                                data,
-                            ),
-                        )
-                    )
-                    return end + 2 + size if size else end
+                    fields = (self._channel, id, action, b == 0x21, False, (), b"")
+                    events.append(_new(MessageReceived, fields))
+                    return p
         return self._start(buf, pos, n, b, events, False)
 
     def _on_response(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
-        start = pos + 2
-        if not b & 0x0E and start < n:
-            end = start + buf[pos + 1]
-            # flags: no files, no stream, data size width 0 or 1: header = flags + 2 ids + size
-            flags = buf[start] if end <= n else 0xFF
-            if not flags & 0xB3 and end - start == (34 if flags & 0x40 else 33):
-                size = buf[start + 33] if flags & 0x40 else 0
-                if (
-                    self._incoming[self._channel] is None
-                    and size <= self._max_data_size
-                    and end - start <= self._max_header_size
-                ):
-                    if not size:
-                        data = b""
-                    elif end + 2 + size <= n and buf[end] == 0xE0 and buf[end + 1] == size:
-                        data = buf[end + 2 : end + 2 + size]
-                    else:
-                        return self._start(buf, pos, n, b, events, True)
-                    events.append(
-                        _new(
-                            ResponseReceived,
-                            (
-                                self._channel,
-                                buf[start + 1 : start + 17],
-                                buf[start + 17 : start + 33],
-                                bool(b & 1),
-                                False,
-                                (),
-                                data,
-                            ),
-                        )
-                    )
-                    return end + 2 + size if size else end
+        if pos + 38 <= n and not b & 0x0E:  # a 1-byte header size, no stream (b is 0x50 | 0x51)
+            # With data: header size 34, flags 0x40 (a 1-byte data size), the ids and the size;
+            # then a Data packet with a 1-byte size.
+            header_size, flags, parent_id, id, size, data_type, data_size = _RESPONSE_WITH_DATA(
+                buf, pos
+            )
+            end: int = pos + 38 + size
+            if (
+                header_size == 34
+                and flags == 0x40
+                and data_type == 0xE0
+                and data_size == size
+                and end <= n
+                and self._incoming[self._channel] is None
+                and size <= self._max_data_size
+                and self._max_header_size >= 34
+            ):
+                data = buf[pos + 38 : end]
+                fields = (self._channel, parent_id, id, b == 0x51, False, (), data)
+                events.append(_new(ResponseReceived, fields))
+                return end
+        if pos + 35 <= n and not b & 0x0E:
+            # Without data: header size 33, flags 0, the ids.
+            header_size, flags, parent_id, id = _RESPONSE_WITHOUT_DATA(buf, pos)
+            if (
+                header_size == 33
+                and flags == 0
+                and self._incoming[self._channel] is None
+                and self._max_header_size >= 33
+            ):
+                fields = (self._channel, parent_id, id, b == 0x51, False, (), b"")
+                events.append(_new(ResponseReceived, fields))
+                return pos + 35
         return self._start(buf, pos, n, b, events, True)
 
     def _start(
