@@ -599,10 +599,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_message(self, event: MessageReceived) -> None:
         self.messages_received += 1
-        message = Message(self, event.id, event)
-        message.action = event.action
-        if event.has_stream or event.files:
-            self._receiving[event.id] = message
+        _, raw_id, action, expects_response, has_stream, files, data = event
+        message = Message(self, raw_id, expects_response, data)
+        message.action = action
+        if has_stream or files:
+            message._attach(has_stream, files)
+            self._receiving[raw_id] = message
         handler = self._handler
         if handler is None:
             self._inbox.append(message)
@@ -620,10 +622,10 @@ class Connection(asyncio.BufferedProtocol):
         if result is None:
             return
         if type(result) is int or isinstance(result, int):
-            if message.expects_response and not message._answered:
+            if expects_response and not message._answered:
                 # message.fast_reply(), inlined: we are inside data_received, the flush follows.
                 message._answered = True
-                self._core.send_fast_reply(event.id, result)
+                self._core.send_fast_reply(raw_id, result)
                 counts = self.fast_replies_sent
                 counts[result] = counts.get(result, 0) + 1
         elif inspect.isawaitable(result):
@@ -658,16 +660,18 @@ class Connection(asyncio.BufferedProtocol):
             message.fast_reply(5)  # InternalError
 
     def _on_response(self, event: ResponseReceived) -> None:
-        response = Response(self, event.id, event)
-        response._parent_id = event.parent_id
-        if event.has_stream or event.files:
-            self._receiving[event.id] = response
-        request = self._requests.get(event.parent_id)
+        _, parent_id, raw_id, expects_response, has_stream, files, data = event
+        response = Response(self, raw_id, expects_response, data)
+        response._parent_id = parent_id
+        if has_stream or files:
+            response._attach(has_stream, files)
+            self._receiving[raw_id] = response
+        request = self._requests.get(parent_id)
         if request is not None:
             if request._multiple:
                 request._deliver(response)
             else:
-                del self._requests[event.parent_id]
+                del self._requests[parent_id]
                 future = request._future
                 if not future.done():
                     future.set_result(response)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .._errors import AbortedError, LocalProtocolError, ResponseTimeoutError
-from .._events import FileHeader, MessageReceived, ResponseReceived
+from .._events import FileHeader
 from ._streams import ReceivedFile, StreamReader, StreamWriter
 
 if TYPE_CHECKING:
@@ -38,24 +38,29 @@ class Incoming:
     )
 
     def __init__(
-        self, connection: Connection, raw_id: bytes, event: MessageReceived | ResponseReceived
+        self, connection: Connection, raw_id: bytes, expects_response: bool, data: bytes | bytearray
     ) -> None:
-        # One frame per arrival (the connection sets the subclass's own field after it).
+        # One frame per arrival: the connection sets the subclass's own field after it, and
+        # attaches a stream and files when there are any.
         self._connection = connection
         self._raw_id = raw_id
-        self.expects_response = event.expects_response
+        self.expects_response = expects_response
         #: The data, complete (bytes; a bytearray when it arrived in several packets).
-        self.data = event.data
+        self.data = data
         self._decoded: Any = _UNSET
         self._answered = False
         self._discarded = False
         self._replies: list[Transfer] | None = None  # replies aborted if the peer aborts it
         #: The attached stream, or None.
-        self.stream: StreamReader | None = StreamReader(connection) if event.has_stream else None
+        self.stream: StreamReader | None = None
         #: The attached files, in order.
-        self.files: tuple[ReceivedFile, ...] = (
-            _received_files(connection, event.files) if event.files else ()
-        )
+        self.files: tuple[ReceivedFile, ...] = ()
+
+    def _attach(self, has_stream: bool, files: tuple[FileHeader, ...]) -> None:
+        if has_stream:
+            self.stream = StreamReader(self._connection)
+        if files:
+            self.files = _received_files(self._connection, files)
 
     @property
     def id(self) -> uuid.UUID:
