@@ -631,14 +631,3 @@ def test_abort_drops_queued_content_and_returns_false_when_complete() -> None:
     assert not a.abort(ID2)  # already written completely
     assert deliver(a, b)[0].data == b"y"
     assert a.idle and b.idle
-
-
-def test_max_packet_size_can_change_within_its_range() -> None:
-    connection = Connection(max_packet_size=4096)
-    assert connection.max_packet_size == 4096
-    connection.max_packet_size = 1 << 20
-    assert connection.max_packet_size == 1 << 20
-    for bad in (0, (16 << 20) + 1):
-        with pytest.raises(ValueError, match="max_packet_size"):
-            connection.max_packet_size = bad
-    assert connection.max_packet_size == 1 << 20

@@ -138,7 +138,7 @@ def test_encode_exact_bytes(case: dict[str, Any]) -> None:
 
 
 def test_encode_large_data_differs_only_by_packet_split() -> None:
-    """With packets smaller than the vector's payload (our default, 1 MiB, is larger), the
+    """With packets smaller than the vector's payload (our default, 256 KiB, is larger), the
     bytes differ only by the split; the decoded content is the same."""
     case = BY_NAME["pass-raw-70000.c2s"]
     mine = encode(case, max_packet_size=64 * 1024)

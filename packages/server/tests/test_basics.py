@@ -214,18 +214,3 @@ def test_close_is_graceful_and_idempotent(net: Net) -> None:
                 client.request(ping())
 
     net.run(main())
-
-
-def test_content_packets_are_smaller_over_tls_unless_chosen(net: Net) -> None:
-    # 1 MiB content packets over TCP; 256 KiB over TLS, where writing one takes ~3x longer;
-    # an explicit max_packet_size wins on both.
-    async def main() -> None:
-        async with net.pair(make_router()) as (server, client):
-            assert client._core.max_packet_size == (256 if net.tls else 1024) * 1024
-            await client.request(ping())
-            (accepted,) = server.connections
-            assert accepted._core.max_packet_size == client._core.max_packet_size
-        async with net.pair(make_router(), {"max_packet_size": 4096}) as (server, client):
-            assert client._core.max_packet_size == 4096
-
-    net.run(main())

@@ -131,17 +131,6 @@ class Sender:
         return b"".join(self.data_to_send())
 
     @property
-    def max_packet_size(self) -> int:
-        """The largest content packet we write (changeable at any time)."""
-        return self._max_packet
-
-    @max_packet_size.setter
-    def max_packet_size(self, size: int) -> None:
-        if not 1 <= size <= _FILE_PACKET_LIMIT:
-            raise ValueError(f"max_packet_size must be 1..{_FILE_PACKET_LIMIT}")
-        self._max_packet = size
-
-    @property
     def output_size(self) -> int:
         """Bytes ready for ``data_to_send`` (not counting queued content)."""
         return len(self._out) + self._chunks_size

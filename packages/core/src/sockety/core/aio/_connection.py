@@ -63,7 +63,6 @@ logger = logging.getLogger("sockety")
 Handler = Callable[[Message], Any]
 
 _FILE_CHUNK = 256 * 1024
-_TLS_PACKET_SIZE = 256 * 1024  # default content packets over TLS (see connection_made)
 _HANDOFF_EVERY = 16  # events of one read whose answers are written together (see _process)
 _HANDOFF_MASK = _HANDOFF_EVERY - 1  # read size for files sent from disk or iterators
 _KNOWN_CODES = tuple(FastReply)
@@ -116,7 +115,6 @@ class Connection(asyncio.BufferedProtocol):
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._core = _core.Connection(**limits)
-        self._packet_size_chosen = "max_packet_size" in limits
         self._handler = handler
         self._heartbeat_interval = heartbeat_interval
         self._idle_timeout = idle_timeout
@@ -479,10 +477,6 @@ class Connection(asyncio.BufferedProtocol):
         self._remote_address = transport.get_extra_info("peername")
         self._local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self._write_buffer_limit)
-        if not self._packet_size_chosen and transport.get_extra_info("sslcontext") is not None:
-            # Encryption makes a packet slower to write (~1 GB/s here against ~3 GB/s over
-            # plain TCP): smaller packets keep what a small message waits behind about as short.
-            self._core.max_packet_size = _TLS_PACKET_SIZE
         if self._socket_buffer_size:
             sock = transport.get_extra_info("socket")
             if sock is not None:
