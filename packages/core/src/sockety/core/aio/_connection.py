@@ -62,9 +62,9 @@ logger = logging.getLogger("sockety")
 #: awaitable of either (then it runs as a task).
 Handler = Callable[[Message], Any]
 
-_FILE_CHUNK = 256 * 1024
+_FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
 _HANDOFF_EVERY = 16  # events of one read whose answers are written together (see _process)
-_HANDOFF_MASK = _HANDOFF_EVERY - 1  # read size for files sent from disk or iterators
+_HANDOFF_MASK = _HANDOFF_EVERY - 1
 _KNOWN_CODES = tuple(FastReply)
 _KNOWN_COUNT = len(_KNOWN_CODES)
 
