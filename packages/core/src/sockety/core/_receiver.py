@@ -398,36 +398,23 @@ class Receiver:
                 and self._incoming[self._channel] is None
                 and header_size <= self._max_header_size
             ):
+                end: int = -1
                 if flags == 0x40 and header_size == 19 + length and p + 3 <= n:
                     # A 1-byte data size closes the header; a Data packet with a 1-byte size.
                     size, data_type, data_size = _DATA_START(buf, p)
-                    end: int = p + 3 + size
-                    if (
-                        data_type == 0xE0
-                        and data_size == size
-                        and end <= n
-                        and size <= self._max_data_size
-                    ):
-                        try:
-                            action = buf[pos + 20 : p].decode()
-                        except UnicodeDecodeError:
-                            return self._start(buf, pos, n, b, events, False)
-                        data = buf[p + 3 : end]
-                        events.append(
-                            _new(
-                                MessageReceived,
-                                (self._channel, id, action, b == 0x21, False, (), data),
-                            )
-                        )
-                        return end
-                elif flags == 0 and header_size == 18 + length and p <= n:  # no data
+                    if data_type == 0xE0 and data_size == size <= self._max_data_size:
+                        end = p + 3 + size
+                elif flags == 0 and header_size == 18 + length:  # no data
+                    end = p
+                if 0 <= end <= n:
                     try:
                         action = buf[pos + 20 : p].decode()
                     except UnicodeDecodeError:
                         return self._start(buf, pos, n, b, events, False)
-                    fields = (self._channel, id, action, b == 0x21, False, (), b"")
+                    data = buf[p + 3 : end] if end > p else b""
+                    fields = (self._channel, id, action, b == 0x21, False, (), data)
                     events.append(_new(MessageReceived, fields))
-                    return p
+                    return end
         return self._start(buf, pos, n, b, events, False)
 
     def _on_response(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
