@@ -12,7 +12,7 @@ from ._sender import Sender
 __all__ = ["Connection"]
 
 
-class Connection(Sender, Receiver):
+class Connection(Sender):
     """One side of a Sockety connection.
 
     Output starts with our connection header; call :meth:`data_to_send` to collect bytes to

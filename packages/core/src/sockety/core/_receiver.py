@@ -122,7 +122,7 @@ class _Incoming:
 
 
 class Receiver:
-    """Parses the peer's bytes into events. Mixed into :class:`~sockety.core.Connection`."""
+    """Parses the peer's bytes into events: the receiving half of a Connection."""
 
     def __init__(
         self,

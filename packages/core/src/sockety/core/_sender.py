@@ -34,6 +34,7 @@ from ._encoding import (
     switch_packet,
 )
 from ._errors import GoingAwayError, LocalProtocolError
+from ._receiver import Receiver
 
 __all__ = ["Sender"]
 
@@ -80,8 +81,12 @@ def _as_bytes(text: str | bytes) -> bytes:
     return text.encode() if isinstance(text, str) else text
 
 
-class Sender:
-    """Turns calls into bytes. Mixed into :class:`~sockety.core.Connection`."""
+class Sender(Receiver):
+    """Turns calls into bytes: the sending half of :class:`~sockety.core.Connection`.
+
+    It extends the receiving half only to form one chain of single inheritance, which the
+    compiled build (mypyc) requires; the two halves share no state.
+    """
 
     def __init__(self, *, channels: int, send_channels: int, max_packet_size: int) -> None:
         if not 1 <= send_channels <= MAX_CHANNELS:

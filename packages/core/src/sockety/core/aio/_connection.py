@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+from mypy_extensions import mypyc_attr
+
 from .. import _connection as _core
 from .._constants import FastReply
 from .._errors import (
@@ -69,6 +71,8 @@ _KNOWN_CODES = tuple(FastReply)
 _KNOWN_COUNT = len(_KNOWN_CODES)
 
 
+# The server subclasses it (registration, metrics); compiled, that has to be allowed.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Connection(asyncio.BufferedProtocol):
     """A Sockety connection, client or server side: both are peers.
 
@@ -691,7 +695,10 @@ class Connection(asyncio.BufferedProtocol):
         request = self._requests.pop(event.id, None)
         if request is not None:
             code = event.code
-            reply = _KNOWN_CODES[code] if code < _KNOWN_COUNT else code
+            # Any: anything typed int (FastReply | int is int) is a plain int in compiled code.
+            reply: Any = code
+            if code < _KNOWN_COUNT:
+                reply = _KNOWN_CODES[code]
             future = request._future
             if request._multiple:
                 self._requests[event.id] = request  # it listens on until closed
@@ -870,7 +877,7 @@ class Connection(asyncio.BufferedProtocol):
                             kind="grace_timeout",
                         )
                     )
-            if self._error is None:
+            if not self.closed:  # (the property: the grace period may have closed it)
                 self._set_error(ConnectionClosedError("connection closed"))
         transport = self._transport
         if transport is not None:

@@ -273,19 +273,37 @@ class _MultiRequest(Request):
         super()._fail(error)
         self._wake()
 
-    async def responses(self) -> AsyncIterator[Response | int]:
-        yield await self._future
-        while True:
-            while not self._queue:
-                if self._closed or self._error is not None:
-                    if self._error is not None and not self._closed:
-                        raise self._error
-                    return
-                self._waiter = self._connection._loop.create_future()
-                await self._waiter
-            yield self._queue.popleft()
+    def responses(self) -> AsyncIterator[Response | int]:
+        return _Replies(self)
 
     def close(self) -> None:
         self._closed = True
         super().close()
         self._wake()
+
+
+class _Replies:
+    """``_MultiRequest.responses()``: the first reply, then each queued one, until closed."""
+
+    __slots__ = ("_first", "_request")
+
+    def __init__(self, request: _MultiRequest) -> None:
+        self._request = request
+        self._first = True
+
+    def __aiter__(self) -> _Replies:
+        return self
+
+    async def __anext__(self) -> Response | int:
+        request = self._request
+        if self._first:
+            self._first = False
+            return await request._future
+        while not request._queue:
+            if request._closed or request._error is not None:
+                if request._error is not None and not request._closed:
+                    raise request._error
+                raise StopAsyncIteration
+            request._waiter = request._connection._loop.create_future()
+            await request._waiter
+        return request._queue.popleft()
