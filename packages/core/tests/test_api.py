@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import pytest
 
 CORE = {
+    "COMPILED",
     "MAX_CHANNELS",
     "MAX_FAST_REPLY_CODE",
     "Aborted",
@@ -69,6 +71,29 @@ def test_exports_are_pinned(module: str, names: set[str]) -> None:
     assert set(imported.__all__) == names
     for name in names:
         assert getattr(imported, name) is not None
+
+
+HOT_MODULES = [
+    "sockety.core._receiver",
+    "sockety.core._sender",
+    "sockety.core._connection",
+    "sockety.core.aio._connection",
+    "sockety.core.aio._drafts",
+    "sockety.core.aio._exchanges",
+    "sockety.core.aio._router",
+    "sockety.core.aio._streams",
+]
+
+
+def test_the_build_is_all_compiled_or_all_pure() -> None:
+    from sockety.core import COMPILED
+
+    kinds = {m: not importlib.import_module(m).__file__.endswith(".py") for m in HOT_MODULES}
+    assert set(kinds.values()) == {COMPILED}, kinds
+    # tox says which build each environment installed (core: compiled, core-pure: pure).
+    expected = os.environ.get("SOCKETY_EXPECT_COMPILED")
+    if expected is not None:
+        assert expected == str(int(COMPILED))
 
 
 def test_namespace_package_and_typing_marker() -> None:

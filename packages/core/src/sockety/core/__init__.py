@@ -1,5 +1,6 @@
 """sockety.core: the Sockety protocol without I/O, and the API both peers share."""
 
+from . import _connection
 from ._connection import Connection
 from ._constants import MAX_CHANNELS, MAX_FAST_REPLY_CODE, FastReply, PacketType
 from ._errors import (
@@ -34,7 +35,12 @@ from ._events import (
 )
 from ._ids import new_id
 
+#: Whether the hot modules run compiled (mypyc, built at install when a C compiler is there) or
+#: as pure Python. Both behave the same; the compiled ones are faster.
+COMPILED: bool = not _connection.__file__.endswith(".py")
+
 __all__ = [
+    "COMPILED",
     "MAX_CHANNELS",
     "MAX_FAST_REPLY_CODE",
     "Aborted",
