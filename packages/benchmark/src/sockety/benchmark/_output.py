@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sockety.core import COMPILED
+
 from ._cases import CASES
 
 __all__ = ["add_ratios", "metadata", "render_table", "write_json", "write_markdown"]
@@ -114,7 +116,8 @@ def caption(meta: dict[str, Any]) -> str:
     return (
         f"{meta['clients']} client process(es) x {meta['connections']} connection(s) x "
         f"{meta['concurrency']} in flight, {meta['server_workers']} server worker(s), "
-        f"{meta['duration']}s per case after {meta['warmup']}s warmup, loop={meta['loop']}; "
+        f"{meta['duration']}s per case after {meta['warmup']}s warmup, loop={meta['loop']}, "
+        f"sockety-core {meta.get('sockety_core', '?')}; "
         f"{meta['pinning']}. CPU usr/sys in % of one core; µs/op = CPU µs per request "
         "(per MB for MB/s cases)."
     )
@@ -165,6 +168,7 @@ def metadata(opts: Any, pinning: str) -> dict[str, Any]:
         "concurrency": opts.concurrency,
         "connections": opts.connections,
         "loop": opts.loop,
+        "sockety_core": "compiled (mypyc)" if COMPILED else "pure Python",
         "remote": opts.remote,
         "pinning": pinning,
         "python": platform.python_version(),
