@@ -2,8 +2,9 @@
 
 The compiled modules are the same source: parsing, encoding, the connection's event handling
 and the per-message objects, 1.3-1.5x faster per message (see the README's "How fast"). They
-need a C compiler at install time; without one, or with ``SOCKETY_PURE_PYTHON=1``, the
-package installs as pure Python and behaves the same. ``sockety.core.COMPILED`` says which.
+need a C compiler at install time; without one, with ``SOCKETY_PURE_PYTHON=1``, or in an
+editable install (``pip install -e``), the package installs as pure Python and behaves the
+same. ``sockety.core.COMPILED`` says which.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ HOT_MODULES = [
     "src/sockety/core/aio/_router.py",
     "src/sockety/core/aio/_streams.py",
 ]
-PURE = os.environ.get("SOCKETY_PURE_PYTHON", "") not in ("", "0")
+# Editable installs stay pure: compiled modules next to the sources would shadow every edit.
+PURE = os.environ.get("SOCKETY_PURE_PYTHON", "") not in ("", "0") or "editable_wheel" in sys.argv
 
 
 def _warn(text: str) -> None:
