@@ -130,6 +130,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_buffer_limit = write_buffer_limit
         self._stream_buffer_limit = stream_buffer_limit
         self._transport: asyncio.Transport | None = None
+        self._join_free = True  # set in connection_made
         # Reads land here unless they are message data (see get_buffer).
         self._read_view = memoryview(bytearray(min(read_buffer_size, 64 * 1024)))
         self._read_buffer_size = read_buffer_size
@@ -402,9 +403,13 @@ class Connection(asyncio.BufferedProtocol):
             if len(chunks) == 1:
                 transport.write(chunks[0])
                 self.bytes_sent += len(chunks[0])
-            else:
+            elif self._join_free:
                 transport.writelines(chunks)
                 self.bytes_sent += sum(map(len, chunks))
+            else:
+                for chunk in chunks:
+                    transport.write(chunk)
+                    self.bytes_sent += len(chunk)
             self._last_tx = self._loop.time()
         if not self._write_paused:
             progress = self._progress
@@ -478,6 +483,14 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
+        # asyncio's own writelines() (before 3.12, over plain TCP) joins the chunks into a new
+        # buffer, then copies what the socket does not take at once into its own: packet
+        # headers and payloads written one by one are copied once. uvloop's writes the list
+        # as it is (writev); over TLS records are made of what is written, so join there.
+        self._join_free = (
+            type(transport).writelines is not asyncio.WriteTransport.writelines
+            or transport.get_extra_info("sslcontext") is not None
+        )
         self._remote_address = transport.get_extra_info("peername")
         self._local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self._write_buffer_limit)
