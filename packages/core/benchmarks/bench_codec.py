@@ -1,4 +1,4 @@
-"""Pure-Python speed of the sans-IO codec on one core (not a test; see the package README).
+"""Speed of the sans-IO codec on one core (not a test; see the package README).
 
     python packages/core/benchmarks/bench_codec.py [--seconds 2] [--profile CASE]
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import msgpack
 
-from sockety.core import Connection, new_id
+from sockety.core import COMPILED, Connection, new_id
 
 SMALL = msgpack.packb({"user": "alice", "text": "hello world", "n": 12345, "ok": True, "x": 1.5})
 BATCH = 1000
@@ -120,6 +120,7 @@ def main() -> None:
         cProfile.runctx("for _ in range(200): run()", globals(), {"run": run}, "/tmp/codec.prof")
         pstats.Stats("/tmp/codec.prof").sort_stats("tottime").print_stats(12)
         return
+    print(f"sockety-core: {'compiled (mypyc)' if COMPILED else 'pure Python'}")
     for name, (make, unit) in CASES.items():
         rate = measure(make, args.seconds)
         shown = f"{rate / 1e9:,.2f}" if unit == "GB/s" else f"{rate:,.0f}"
