@@ -117,3 +117,31 @@ def test_errors_say_who_is_at_fault() -> None:
         value = getattr(core, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, core.SocketyError), name
+
+
+def test_user_classes_may_extend_router_and_drafts() -> None:
+    # The compiled build refuses interpreted subclasses unless a class allows them: these do.
+    from sockety.core.aio import Draft, ResponseDraft, Router
+
+    class Tagged(Draft):
+        def __init__(self, action: str) -> None:
+            super().__init__(action, data="msgpack")
+            self.tag = "mine"
+
+    class Quiet(ResponseDraft):
+        pass
+
+    class Routes(Router):
+        pass
+
+    draft = Tagged("hello")
+    assert draft.tag == "mine"
+    assert draft({"a": 1}).action == b"hello"
+    assert Quiet()().data == b""
+    routes = Routes()
+
+    @routes.action("hello")
+    def hello(message: object) -> int:
+        return 0
+
+    assert routes.actions == frozenset({"hello"})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgpack
+from mypy_extensions import mypyc_attr
 
 from .._errors import LocalProtocolError
 
@@ -98,6 +99,7 @@ class Outgoing:
         )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may extend drafts (compiled build)
 class _BaseDraft:
     __slots__ = ("_action", "_data", "_empty", "_files", "_stream")
 
@@ -134,6 +136,7 @@ class _BaseDraft:
         return Outgoing(self._action, payload, tuple(files) if files else (), self._stream)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Draft(_BaseDraft):
     """The shape of a message: an action and the kind of its content.
 
@@ -162,6 +165,7 @@ class Draft(_BaseDraft):
         )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseDraft(_BaseDraft):
     """The shape of a response: the kind of its content (like :class:`Draft`, no action)."""
 

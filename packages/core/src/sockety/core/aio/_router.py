@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from .._constants import FastReply
 from ._exchanges import Message
 
@@ -21,6 +23,7 @@ ErrorHandler = Callable[[Message, Exception], Result | Awaitable[Result]]
 H = TypeVar("H", bound=Callable[..., Any])
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may extend it (compiled build)
 class Router:
     """Dispatches messages by action.
 
