@@ -214,3 +214,20 @@ def test_close_is_graceful_and_idempotent(net: Net) -> None:
                 client.request(ping())
 
     net.run(main())
+
+
+def test_socket_options_reach_the_kernel(net: Net) -> None:
+    import socket
+
+    async def main() -> None:
+        client_options = {"receive_buffer_size": 64 * 1024, "notsent_lowat": 96 * 1024}
+        async with net.pair(make_router(), client_options) as (_server, client):
+            assert await client.request(ping()) == FastReply.ACCEPT
+            sock = client._transport.get_extra_info("socket")  # type: ignore[union-attr]
+            # Linux doubles SO_RCVBUF for bookkeeping; the send side stays autotuned.
+            assert 64 * 1024 <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 256 * 1024
+            if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+                lowat = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+                assert lowat == 96 * 1024
+
+    net.run(main())

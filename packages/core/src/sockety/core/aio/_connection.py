@@ -18,6 +18,7 @@ fails promptly with a :class:`ConnectionClosedError` (or subclass) that says why
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
@@ -67,6 +68,7 @@ Handler = Callable[[Message], Any]
 _FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
 _HANDOFF_EVERY = 16  # events of one read whose answers are written together (see _process)
 _HANDOFF_MASK = _HANDOFF_EVERY - 1
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux, macOS
 _KNOWN_CODES = tuple(FastReply)
 _KNOWN_COUNT = len(_KNOWN_CODES)
 
@@ -101,6 +103,13 @@ class Connection(asyncio.BufferedProtocol):
         # Kernel socket buffers (SO_SNDBUF/SO_RCVBUF); None leaves the OS's autotuning. Smaller
         # ones bound how much bulk data can queue ahead of a small message.
         socket_buffer_size: int | None = None,
+        # SO_RCVBUF alone (wins over socket_buffer_size): bounds what a fast sender can queue in
+        # our kernel ahead of its next small message, with the send side left autotuned.
+        receive_buffer_size: int | None = None,
+        # Unsent bytes the kernel may hold for us (TCP_NOTSENT_LOWAT, where the OS has it): a
+        # small message written after bulk data waits behind at most this much, while the
+        # socket buffers stay autotuned for throughput. None leaves it to the OS.
+        notsent_lowat: int | None = 128 * 1024,
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
         # Bytes of queued content pulled from the core per loop turn (at least one packet):
@@ -135,6 +144,8 @@ class Connection(asyncio.BufferedProtocol):
         self._read_view = memoryview(bytearray(min(read_buffer_size, 64 * 1024)))
         self._read_buffer_size = read_buffer_size
         self._socket_buffer_size = socket_buffer_size
+        self._notsent_lowat = notsent_lowat
+        self._receive_buffer_size = receive_buffer_size
         self._direct = False
         self._requests: dict[bytes, Request] = {}
         self._receiving: dict[bytes, Incoming] = {}  # incoming with stream/files unfinished
@@ -494,11 +505,16 @@ class Connection(asyncio.BufferedProtocol):
         self._remote_address = transport.get_extra_info("peername")
         self._local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self._write_buffer_limit)
-        if self._socket_buffer_size:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            if self._socket_buffer_size:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._socket_buffer_size)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._socket_buffer_size)
+            receive = self._receive_buffer_size or self._socket_buffer_size
+            if receive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive)
+            if self._notsent_lowat and _NOTSENT_LOWAT is not None:
+                with contextlib.suppress(OSError):  # not a TCP socket (e.g. a Unix one)
+                    sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, self._notsent_lowat)
         self._write()  # our connection header
         self._last_rx = self._last_tx = self._loop.time()
         self._arm_timer()
