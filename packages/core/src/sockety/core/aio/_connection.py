@@ -68,6 +68,9 @@ Handler = Callable[[Message], Any]
 _FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
 _HANDOFF_EVERY = 16  # events of one read whose answers are written together (see _process)
 _HANDOFF_MASK = _HANDOFF_EVERY - 1
+# Bytes read after a Data payload ended in place (see get_buffer): a Switch Channel and a Data
+# header, or a whole small Message header, with little payload to copy.
+_HEADER_READ = 64
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux, macOS
 _KNOWN_CODES = tuple(FastReply)
 _KNOWN_COUNT = len(_KNOWN_CODES)
@@ -143,10 +146,14 @@ class Connection(asyncio.BufferedProtocol):
         # Reads land here unless they are message data (see get_buffer).
         self._read_view = memoryview(bytearray(min(read_buffer_size, 64 * 1024)))
         self._read_buffer_size = read_buffer_size
+        self._view = self._read_view  # the one get_buffer returned last
+        # Switch Channel (2) + Data header (5) and a little payload; see get_buffer.
+        self._header_view = memoryview(bytearray(_HEADER_READ))
         self._socket_buffer_size = socket_buffer_size
         self._notsent_lowat = notsent_lowat
         self._receive_buffer_size = receive_buffer_size
-        self._direct = False
+        self._direct = False  # get_buffer returned a view into message data
+        self._after_payload = False  # the last read was such a view (see get_buffer)
         self._requests: dict[bytes, Request] = {}
         self._receiving: dict[bytes, Incoming] = {}  # incoming with stream/files unfinished
         self._pumps: set[asyncio.Task[None]] = set()  # tasks sending files from disk/iterators
@@ -527,19 +534,29 @@ class Connection(asyncio.BufferedProtocol):
             self._direct = True
             return direct
         self._direct = False
+        if self._after_payload:
+            # A Data payload just ended in place: bulk data probably goes on with the next
+            # packet's header, and reading only about a header's worth lets its payload land
+            # in place too, where a full read would copy up to a packet through _read_view.
+            # (Until a read happens: uvloop asks again when the socket had nothing to read.)
+            self._view = self._header_view
+            return self._header_view
+        self._view = self._read_view
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_rx = self._loop.time()
         self.bytes_received += nbytes
         if self._direct:
+            self._after_payload = True
             events = self._core.payload_received(nbytes)
             if events:
                 self._process(events)
             return
-        view = self._read_view
+        self._after_payload = False
+        view = self._view
         self.data_received(view[:nbytes])
-        if nbytes == len(view) and nbytes < self._read_buffer_size:
+        if view is self._read_view and nbytes == len(view) and nbytes < self._read_buffer_size:
             # A full read: bulk traffic. Read more at a time from now on.
             self._read_view = memoryview(bytearray(min(4 * nbytes, self._read_buffer_size)))
 
