@@ -6,15 +6,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tracemalloc
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
-from sockety.client import Draft, FastReply, Message, Response, ResponseDraft, Router, connect
+from sockety.client import (
+    Connection,
+    Draft,
+    FastReply,
+    Message,
+    Response,
+    ResponseDraft,
+    Router,
+    connect,
+)
 from sockety.core.aio import Connection as AioConnection
 from sockety.core.aio import loop_factory
 
 from .conftest import HOST, Net
+
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 TOTAL = 64 * MIB
@@ -76,14 +88,45 @@ def test_64_mib_up_and_down_with_bounded_memory(net: Net) -> None:
     print(f"peak traced memory during 2 x 64 MiB: {peak / MIB:.1f} MiB")
 
 
-class _CountingConnection(AioConnection):
-    """Counts the bytes that go through the reusable read buffer (copied into place later)."""
+class _ReadRecorder(AioConnection):
+    """A server-side connection that records how it reads: the size of every buffer it hands
+    the transport, and the bytes that go through the reusable read buffer (copied later)."""
 
-    copied = 0
+    def __init__(self, handler: Router) -> None:
+        super().__init__(handler)
+        self.buffer_sizes: list[int] = []
+        self.copied = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = super().get_buffer(sizehint)
+        self.buffer_sizes.append(len(view))
+        return view
 
     def data_received(self, data: bytes | memoryview) -> None:
-        _CountingConnection.copied += len(data)
+        self.copied += len(data)
         super().data_received(data)
+
+
+def _recorded(
+    router: Router, loop: str, talk: Callable[[Connection], Awaitable[T]]
+) -> tuple[T, _ReadRecorder]:
+    """Serves ``router`` on one _ReadRecorder, lets a client ``talk`` to it; returns what the
+    talk returned and the recorder."""
+    recorders: list[_ReadRecorder] = []
+
+    def accept() -> _ReadRecorder:
+        recorders.append(_ReadRecorder(router))
+        return recorders[-1]
+
+    async def main() -> T:
+        server = await asyncio.get_running_loop().create_server(accept, HOST, 0)
+        async with server, connect(HOST, server.sockets[0].getsockname()[1]) as client:
+            return await talk(client)
+
+    with asyncio.Runner(loop_factory=loop_factory(loop == "uvloop")) as runner:
+        result = runner.run(asyncio.wait_for(main(), 30))
+    (recorder,) = recorders
+    return result, recorder
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -101,29 +144,12 @@ def test_message_data_is_read_in_place_packet_after_packet(loop: str) -> None:
         received.append(bytes(message.data))
         return FastReply.ACCEPT
 
-    async def main() -> Any:
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _CountingConnection(router), HOST, 0
-        )
-        async with server, connect(HOST, server.sockets[0].getsockname()[1]) as client:
-            return await client.request(Draft("upload", data="bytes")(body))
+    async def talk(client: Connection) -> Any:
+        return await client.request(Draft("upload", data="bytes")(body))
 
-    _CountingConnection.copied = 0
-    with asyncio.Runner(loop_factory=loop_factory(loop == "uvloop")) as runner:
-        reply = runner.run(asyncio.wait_for(main(), 30))
+    reply, recorder = _recorded(router, loop, talk)
     assert reply == FastReply.ACCEPT and received == [body]
-    assert _CountingConnection.copied < 128 * 1024, _CountingConnection.copied
-
-
-class _BufferSizes(AioConnection):
-    """Records the size of every buffer handed to the transport for a read."""
-
-    sizes: list[int] = []
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        view = super().get_buffer(sizehint)
-        _BufferSizes.sizes.append(len(view))
-        return view
+    assert recorder.copied < 128 * 1024, recorder.copied
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -143,20 +169,14 @@ def test_small_messages_are_read_in_large_reads(loop: str) -> None:
     def sync(message: Message) -> int:
         return FastReply.ACCEPT
 
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _BufferSizes(router), HOST, 0
-        )
-        async with server, connect(HOST, server.sockets[0].getsockname()[1]) as client:
-            draft = Draft("small", data="msgpack")
-            for index in range(5000):
-                client.send_nowait(draft({"index": index, "pad": "x" * 40}))
-                if index % 500 == 0:
-                    await client.drain()
-            await client.request(Draft("sync")())
+    async def talk(client: Connection) -> None:
+        draft = Draft("small", data="msgpack")
+        for index in range(5000):
+            client.send_nowait(draft({"index": index, "pad": "x" * 40}))
+            if index % 500 == 0:
+                await client.drain()
+        await client.request(Draft("sync")())
 
-    _BufferSizes.sizes = []
-    with asyncio.Runner(loop_factory=loop_factory(loop == "uvloop")) as runner:
-        runner.run(asyncio.wait_for(main(), 30))
+    _, recorder = _recorded(router, loop, talk)
     assert count == 5000
-    assert min(_BufferSizes.sizes) >= 16 * 1024, sorted(_BufferSizes.sizes)[:10]
+    assert min(recorder.buffer_sizes) >= 16 * 1024, sorted(recorder.buffer_sizes)[:10]
