@@ -149,7 +149,6 @@ class Connection(asyncio.BufferedProtocol):
         self._read_view = memoryview(bytearray(min(read_buffer_size, 64 * 1024)))
         self._read_buffer_size = read_buffer_size
         self._view = self._read_view  # the one get_buffer returned last
-        # Switch Channel (2) + Data header (5) and a little payload; see get_buffer.
         self._header_view = memoryview(bytearray(_HEADER_READ))
         self._socket_buffer_size = socket_buffer_size
         self._notsent_lowat = notsent_lowat
