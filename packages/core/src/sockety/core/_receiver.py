@@ -39,6 +39,7 @@ from __future__ import annotations
 from struct import Struct
 from typing import Any
 
+from ._buffers import data_buffer
 from ._errors import ProtocolErrorKind, RemoteProtocolError
 from ._events import (
     Aborted,
@@ -546,7 +547,7 @@ class Receiver:
                     f"data being received is over max_buffered_bytes={self._max_buffered_bytes}",
                 )
             self._buffered += incoming.data_size
-            incoming.data = bytearray(incoming.data_size)
+            incoming.data = data_buffer(incoming.data_size)
         self._payload_kind = _DATA
         self._payload_target = incoming
         return self._take_payload(buf, start, n, size, events)
