@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -88,14 +88,21 @@ def test_64_mib_up_and_down_with_bounded_memory(net: Net) -> None:
     print(f"peak traced memory during 2 x 64 MiB: {peak / MIB:.1f} MiB")
 
 
-class _ReadRecorder(AioConnection):
-    """A server-side connection that records how it reads: the size of every buffer it hands
-    the transport, and the bytes that go through the reusable read buffer (copied later)."""
+class _Recorder(AioConnection):
+    """A server-side connection that records how it reads and writes: the size of every
+    buffer it hands the transport, the bytes that go through the reusable read buffer (copied
+    later), and the size of every write made while the transport's buffer was empty (a
+    ``send()`` of its own)."""
 
     def __init__(self, handler: Router) -> None:
         super().__init__(handler)
         self.buffer_sizes: list[int] = []
         self.copied = 0
+        self.sends: list[int] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # sees the real transport's type (see _write)
+        self._transport = cast(asyncio.Transport, _SendRecorder(self._transport, self.sends))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         view = super().get_buffer(sizehint)
@@ -107,15 +114,34 @@ class _ReadRecorder(AioConnection):
         super().data_received(data)
 
 
+class _SendRecorder:
+    def __init__(self, transport: Any, sends: list[int]) -> None:
+        self._transport = transport
+        self._sends = sends
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if not self._transport.get_write_buffer_size():
+            self._sends.append(len(data))
+        self._transport.write(data)
+
+    def writelines(self, chunks: list[bytes | memoryview]) -> None:
+        if not self._transport.get_write_buffer_size():
+            self._sends.append(sum(map(len, chunks)))
+        self._transport.writelines(chunks)
+
+
 def _recorded(
     router: Router, loop: str, talk: Callable[[Connection], Awaitable[T]]
-) -> tuple[T, _ReadRecorder]:
-    """Serves ``router`` on one _ReadRecorder, lets a client ``talk`` to it; returns what the
+) -> tuple[T, _Recorder]:
+    """Serves ``router`` on one _Recorder, lets a client ``talk`` to it; returns what the
     talk returned and the recorder."""
-    recorders: list[_ReadRecorder] = []
+    recorders: list[_Recorder] = []
 
-    def accept() -> _ReadRecorder:
-        recorders.append(_ReadRecorder(router))
+    def accept() -> _Recorder:
+        recorders.append(_Recorder(router))
         return recorders[-1]
 
     async def main() -> T:
@@ -180,3 +206,27 @@ def test_small_messages_are_read_in_large_reads(loop: str) -> None:
     _, recorder = _recorded(router, loop, talk)
     assert count == 5000
     assert min(recorder.buffer_sizes) >= 16 * 1024, sorted(recorder.buffer_sizes)[:10]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_packet_headers_do_not_go_out_alone(loop: str) -> None:
+    # 4 MiB of response data leaves in 32 Data packets. A write to an empty transport buffer
+    # is a send() of its own; a packet header written alone (asyncio before 3.12, which has no
+    # writev) went out as a segment of a few bytes, waking the peer for nothing.
+    body = bytes(range(256)) * (4 * MIB // 256)
+    router = Router()
+
+    @router.action("download")
+    def download(message: Message) -> None:
+        message.respond(ResponseDraft(data="bytes")(body))
+
+    async def talk(client: Connection) -> Any:
+        reply = await client.request(Draft("download")())
+        assert isinstance(reply, Response)
+        return reply.data
+
+    data, recorder = _recorded(router, loop, talk)
+    assert data == body
+    *data_sends, go_away = recorder.sends  # the last: the one byte answering the client's close
+    assert go_away == 1
+    assert len(data_sends) >= 16 and min(data_sends) >= 1024, sorted(data_sends)[:5]
