@@ -68,6 +68,22 @@ def test_raw_regular_and_noreply_json() -> None:
     assert "regular" in proc.stdout  # the table went to stdout
 
 
+def test_rounds_show_the_median_round() -> None:
+    proc, doc = run_cli(*TINY, "-r", "3", "-f", "raw,sockety-tcp", "-f", "short")
+    assert proc.returncode == 0, proc.stderr
+    assert doc is not None and doc["meta"]["rounds"] == 3
+    rows = {row["suite"]: row for row in doc["results"]}
+    assert set(rows) == {"raw", "sockety-tcp"}
+    for row in rows.values():
+        assert_sane(row)
+        assert len(row["rounds"]) == 3 and all(rate > 0 for rate in row["rounds"])
+        assert row["rate"] == sorted(row["rounds"])[1]
+    assert rows["sockety-tcp"]["vs_raw"] == round(
+        rows["sockety-tcp"]["rate"] / rows["raw"]["rate"], 4
+    )
+    assert "median of 3 rounds" in " ".join(proc.stdout.split())  # the caption, however wrapped
+
+
 def test_every_suite_regular_and_na_rows() -> None:
     proc, doc = run_cli(*TINY, "-f", "regular,ping")
     assert proc.returncode == 0, proc.stderr + proc.stdout

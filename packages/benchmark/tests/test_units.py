@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sockety.benchmark._cli import build_parser, select
+from sockety.benchmark._output import median_rounds
 from sockety.benchmark._runner import plan_cores
 from sockety.benchmark._stats import percentiles
 from sockety.benchmark._suites import load_suites
@@ -48,3 +49,29 @@ def test_plan_cores_keeps_sides_apart() -> None:
     assert not set(servers[0]) & set(clients[0])
     servers, clients, text = plan_cores(1, 1, pin=False)
     assert servers == [None] and clients == [None] and "not pinned" in text
+
+
+def _row(suite: str, case: str, rate: float, status: str = "ok") -> dict[str, object]:
+    return {"suite": suite, "case": case, "rate": rate, "status": status}
+
+
+def test_rounds_keep_the_median_round_of_each_suite_and_case() -> None:
+    rows = [
+        _row("raw", "short", 300.0),
+        _row("sockety-tcp", "short", 500.0),
+        _row("raw", "short", 100.0),
+        _row("sockety-tcp", "short", 400.0, "error"),
+        _row("raw", "short", 200.0),
+        _row("sockety-tcp", "short", 450.0),
+        _row("grpc", "ping", 0.0, "n/a"),
+        _row("grpc", "ping", 0.0, "n/a"),
+    ]
+    raw, sockety, grpc = median_rounds(rows)
+    assert raw == {**_row("raw", "short", 200.0), "rounds": [300.0, 100.0, 200.0]}
+    assert sockety["status"] == "error"  # a failed round is shown, not outvoted
+    assert grpc["status"] == "n/a" and "rounds" not in grpc
+    # Two rounds: the lower one (the ratio to the ceiling is not flattered by the luckier).
+    (two,) = median_rounds([_row("raw", "short", 300.0), _row("raw", "short", 100.0)])
+    assert two["rate"] == 100.0 and two["rounds"] == [300.0, 100.0]
+    # One round: the row as it was.
+    assert median_rounds([_row("raw", "short", 1.0)]) == [_row("raw", "short", 1.0)]

@@ -25,7 +25,14 @@ from rich.progress import Progress as RichProgress
 
 from ._cases import CASES, Case
 from ._net import HAVE_UVLOOP
-from ._output import add_ratios, metadata, render_table, write_json, write_markdown
+from ._output import (
+    add_ratios,
+    median_rounds,
+    metadata,
+    render_table,
+    write_json,
+    write_markdown,
+)
 from ._runner import BenchmarkError, Options, Progress, SuiteProcesses, plan_cores, run_benchmark
 from ._suite import Suite
 from ._suites import load_suites
@@ -104,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="WORD",
         help="skip 'suite case' pairs containing WORD (repeatable)",
+    )
+    p.add_argument(
+        "-r",
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the whole selection N times, one round after another, and show for each "
+        "suite and case the round with the median rate (default 1; these machines are noisy)",
     )
     p.add_argument(
         "--quick",
@@ -224,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         remote=args.remote,
         port=args.port,
         pin=not args.no_pin,
+        rounds=max(1, args.rounds),
     )
     if opts.loop == "uvloop" and not HAVE_UVLOOP:
         err.print("uvloop is not installed; using --loop asyncio")
@@ -249,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pinning = plan_cores(n_servers, opts.clients, opts.pin)[2]
     meta = metadata(opts, pinning)
     total = sum(len(cases) for _, cases in plan)
-    err.print(f"sockety-bench: {total} case(s), {pinning}")
+    rounds = f" x {opts.rounds} rounds" if opts.rounds > 1 else ""
+    err.print(f"sockety-bench: {total} case(s){rounds}, {pinning}")
     rows: list[dict[str, Any]] = []
     interrupted = False
     bar = RichProgress(
@@ -262,12 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         with bar:
-            run_benchmark(opts, plan, _BarProgress(bar, total), on_row=rows.append)
+            progress = _BarProgress(bar, total * opts.rounds)
+            for _ in range(opts.rounds):
+                run_benchmark(opts, plan, progress, on_row=rows.append)
     except KeyboardInterrupt:
         interrupted = True
         err.print("interrupted: all benchmark processes stopped")
     order = {suite.name: i for i, suite in enumerate(suites)}
-    rows = add_ratios(rows, order)
+    rows = add_ratios(median_rounds(rows), order)
     meta["interrupted"] = interrupted
     if rows:
         render_table(rows, meta, out)

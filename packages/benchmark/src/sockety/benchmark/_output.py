@@ -17,9 +17,34 @@ from sockety.core import COMPILED
 
 from ._cases import CASES
 
-__all__ = ["add_ratios", "metadata", "render_table", "write_json", "write_markdown"]
+__all__ = [
+    "add_ratios",
+    "median_rounds",
+    "metadata",
+    "render_table",
+    "write_json",
+    "write_markdown",
+]
 
 _CASE_ORDER = {case.name: i for i, case in enumerate(CASES)}
+
+
+def median_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per suite and case out of the rows of several rounds: the round with the median
+    rate (the lower middle one for an even count), its rates in every round kept in
+    ``rounds``. A round that failed wins over the ones that did not: a failure is not noise."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_key.setdefault((row["suite"], row["case"]), []).append(row)
+    picked = []
+    for runs in by_key.values():
+        failed = [row for row in runs if row["status"] not in ("ok", "n/a")]
+        if failed or len(runs) == 1 or runs[0]["status"] == "n/a":
+            picked.append(failed[0] if failed else runs[0])
+            continue
+        middle = sorted(runs, key=lambda row: row["rate"])[(len(runs) - 1) // 2]
+        picked.append({**middle, "rounds": [row["rate"] for row in runs]})
+    return picked
 
 
 def add_ratios(rows: list[dict[str, Any]], suite_order: dict[str, int]) -> list[dict[str, Any]]:
@@ -61,6 +86,9 @@ def _note(row: dict[str, Any]) -> str:
         parts.append(f"server counted {noreply['received_by_server']}/{noreply['sent']}")
     if row.get("note") and row["status"] != "n/a":
         parts.append(str(row["note"]))
+    rounds = row.get("rounds")
+    if rounds:
+        parts.append(f"median of {len(rounds)}: {min(rounds):,.0f}-{max(rounds):,.0f}")
     text = "; ".join(parts)
     return text if len(text) <= 70 else text[:69] + "…"
 
@@ -116,11 +144,16 @@ def caption(meta: dict[str, Any]) -> str:
     return (
         f"{meta['clients']} client process(es) x {meta['connections']} connection(s) x "
         f"{meta['concurrency']} in flight, {meta['server_workers']} server worker(s), "
-        f"{meta['duration']}s per case after {meta['warmup']}s warmup, loop={meta['loop']}, "
+        f"{meta['duration']}s per case after {meta['warmup']}s warmup, "
+        f"{_rounds(meta.get('rounds', 1))}loop={meta['loop']}, "
         f"sockety-core {meta.get('sockety_core', '?')}; "
         f"{meta['pinning']}. CPU usr/sys in % of one core; µs/op = CPU µs per request "
         "(per MB for MB/s cases)."
     )
+
+
+def _rounds(count: int) -> str:
+    return f"median of {count} rounds, " if count > 1 else ""
 
 
 def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -174,6 +207,7 @@ def metadata(opts: Any, pinning: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "rounds": opts.rounds,
         "argv": sys.argv[1:],
     }
 

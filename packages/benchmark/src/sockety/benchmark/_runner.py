@@ -62,6 +62,7 @@ class Options:
     remote: str | None = None
     port: int = 0
     pin: bool = True
+    rounds: int = 1  # the CLI's: run_benchmark runs one round
 
 
 class Progress:
