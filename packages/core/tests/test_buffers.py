@@ -25,3 +25,8 @@ def test_large_buffers_come_from_the_c_api_without_a_leaked_reference() -> None:
         assert _buffers._allocate is not None  # else every large message pays a memset
     buffer = data_buffer(1 << 20)
     assert sys.getrefcount(buffer) == 2  # the name and getrefcount's argument: nothing leaked
+
+
+def test_without_the_c_api_large_buffers_are_zero_filled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_buffers, "_allocate", None)
+    assert data_buffer(1 << 20) == bytes(1 << 20)

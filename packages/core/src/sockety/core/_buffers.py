@@ -9,7 +9,6 @@ stale contents are never seen. Where the C API cannot be called (not CPython), t
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 __all__ = ["data_buffer"]
@@ -20,8 +19,10 @@ _UNINITIALIZED_FROM = 32 * 1024
 
 def _c_allocator() -> Callable[[None, int], bytearray] | None:
     try:
+        import ctypes  # noqa: PLC0415 - optional: some builds have none
+
         function = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except (AttributeError, OSError):  # no C API to call (e.g. PyPy)
+    except (ImportError, AttributeError, OSError):  # no C API to call (e.g. PyPy)
         return None
     function.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
     function.restype = ctypes.py_object  # ctypes takes over the new reference
