@@ -73,5 +73,12 @@ def test_rounds_keep_the_median_round_of_each_suite_and_case() -> None:
     # Two rounds: the lower one (the ratio to the ceiling is not flattered by the luckier).
     (two,) = median_rounds([_row("raw", "short", 300.0), _row("raw", "short", 100.0)])
     assert two["rate"] == 100.0 and two["rounds"] == [300.0, 100.0]
+    # The fairness case is ranked by its figure, the p99 ratio (lower is better).
+    fair = [
+        {**_row("raw", "fairness", rate), "fairness": {"p99_ratio": ratio}}
+        for rate, ratio in [(10.0, 3.0), (30.0, 9.0), (20.0, 5.0), (40.0, 4.0)]
+    ]
+    (picked,) = median_rounds(fair)
+    assert picked["fairness"]["p99_ratio"] == 5.0 and picked["rounds"] == [3.0, 9.0, 5.0, 4.0]
     # One round: the row as it was.
     assert median_rounds([_row("raw", "short", 1.0)]) == [_row("raw", "short", 1.0)]

@@ -29,10 +29,20 @@ __all__ = [
 _CASE_ORDER = {case.name: i for i, case in enumerate(CASES)}
 
 
+def _figure(row: dict[str, Any]) -> float:
+    """What a round is ranked by: its rate; in the fairness case the loaded p99 over the
+    unloaded one, negated (lower is better, and that case's figure)."""
+    fair = row.get("fairness")
+    if fair and fair.get("p99_ratio") is not None:
+        return -float(fair["p99_ratio"])
+    return float(row["rate"])
+
+
 def median_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per suite and case out of the rows of several rounds: the round with the median
-    rate (the lower middle one for an even count), its rates in every round kept in
-    ``rounds``. A round that failed wins over the ones that did not: a failure is not noise."""
+    figure (see _figure; the worse middle one for an even count), the figures of every round
+    kept in ``rounds``. A round that failed wins over the ones that did not: a failure is not
+    noise."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         by_key.setdefault((row["suite"], row["case"]), []).append(row)
@@ -42,8 +52,8 @@ def median_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if failed or len(runs) == 1 or runs[0]["status"] == "n/a":
             picked.append(failed[0] if failed else runs[0])
             continue
-        middle = sorted(runs, key=lambda row: row["rate"])[(len(runs) - 1) // 2]
-        picked.append({**middle, "rounds": [row["rate"] for row in runs]})
+        middle = sorted(runs, key=_figure)[(len(runs) - 1) // 2]
+        picked.append({**middle, "rounds": [abs(_figure(row)) for row in runs]})
     return picked
 
 
@@ -87,7 +97,9 @@ def _note(row: dict[str, Any]) -> str:
     if row.get("note") and row["status"] != "n/a":
         parts.append(str(row["note"]))
     rounds = row.get("rounds")
-    if rounds:
+    if rounds and fair:
+        parts.append(f"median of {len(rounds)}: {min(rounds):.1f}x-{max(rounds):.1f}x")
+    elif rounds:
         parts.append(f"median of {len(rounds)}: {min(rounds):,.0f}-{max(rounds):,.0f}")
     text = "; ".join(parts)
     return text if len(text) <= 70 else text[:69] + "…"
