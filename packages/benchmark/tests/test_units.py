@@ -80,5 +80,9 @@ def test_rounds_keep_the_median_round_of_each_suite_and_case() -> None:
     ]
     (picked,) = median_rounds(fair)
     assert picked["fairness"]["p99_ratio"] == 5.0 and picked["rounds"] == [3.0, 9.0, 5.0, 4.0]
+    # A round without the ratio (no unloaded baseline): the rounds are ranked by rate.
+    fair[0]["fairness"] = {"p99_ratio": None}
+    (picked,) = median_rounds(fair)
+    assert picked["rate"] == 20.0 and picked["rounds"] == [10.0, 30.0, 20.0, 40.0]
     # One round: the row as it was.
     assert median_rounds([_row("raw", "short", 1.0)]) == [_row("raw", "short", 1.0)]

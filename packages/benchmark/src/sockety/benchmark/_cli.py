@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run the whole selection N times, one round after another, and show for each "
-        "suite and case the round with the median rate (default 1; these machines are noisy)",
+        "suite and case the round with the median rate (fairness: p99 ratio) (default 1)",
     )
     p.add_argument(
         "--quick",

@@ -29,20 +29,11 @@ __all__ = [
 _CASE_ORDER = {case.name: i for i, case in enumerate(CASES)}
 
 
-def _figure(row: dict[str, Any]) -> float:
-    """What a round is ranked by: its rate; in the fairness case the loaded p99 over the
-    unloaded one, negated (lower is better, and that case's figure)."""
-    fair = row.get("fairness")
-    if fair and fair.get("p99_ratio") is not None:
-        return -float(fair["p99_ratio"])
-    return float(row["rate"])
-
-
 def median_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per suite and case out of the rows of several rounds: the round with the median
-    figure (see _figure; the worse middle one for an even count), the figures of every round
-    kept in ``rounds``. A round that failed wins over the ones that did not: a failure is not
-    noise."""
+    figure (the worse middle one for an even count), every round's figure kept in ``rounds``.
+    The figure is the rate, or in the fairness case the loaded p99 over the unloaded one (lower
+    is better). A round that failed wins over the ones that did not: a failure is not noise."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         by_key.setdefault((row["suite"], row["case"]), []).append(row)
@@ -52,8 +43,12 @@ def median_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if failed or len(runs) == 1 or runs[0]["status"] == "n/a":
             picked.append(failed[0] if failed else runs[0])
             continue
-        middle = sorted(runs, key=_figure)[(len(runs) - 1) // 2]
-        picked.append({**middle, "rounds": [abs(_figure(row)) for row in runs]})
+        ratios: list[Any] = [(row.get("fairness") or {}).get("p99_ratio") for row in runs]
+        fairness = None not in ratios
+        figures = [float(ratio) for ratio in ratios] if fairness else [row["rate"] for row in runs]
+        ranked = sorted(range(len(runs)), key=figures.__getitem__, reverse=fairness)
+        middle = runs[ranked[(len(runs) - 1) // 2]]
+        picked.append({**middle, "rounds": figures})
     return picked
 
 
