@@ -35,10 +35,12 @@ COUNT_REPLY = ResponseDraft(data="msgpack")
 STREAM_REPLY = ResponseDraft(stream=True)
 # Bounded kernel receive buffers: with Linux's autotuning (tcp_rmem up to 32 MiB here) a bulk
 # transfer can queue tens of MiB ahead of a small request. The send side stays autotuned, its
-# unsent bytes bounded by the library's default notsent_lowat (128 KiB). Interleaved runs
-# against bounding both buffers: 1 MiB data 0.48-0.72x vs 0.46-0.56x the ceiling, small-request
-# p99 during the fairness upload 3.0-3.8x vs 3.0-3.6x the unloaded one.
-LIMITS: dict[str, Any] = {"receive_buffer_size": 128 * 1024}
+# unsent bytes bounded by the library's default notsent_lowat (64 KiB). 64 KiB against 128 KiB
+# (4 interleaved runs each): small-request p99 during the fairness upload 2.0-2.7x vs 2.6-3.6x
+# the unloaded one over TCP, 3.4-3.8x vs 4.9-5.8x over TLS; 1 MiB data 0.51-0.59x vs 0.43-0.78x
+# the ceiling (uvloop), 0.48-0.59x vs 0.46-0.63x (asyncio). Earlier, against bounding both
+# buffers: 1 MiB data 0.48-0.72x vs 0.46-0.56x, fairness about the same.
+LIMITS: dict[str, Any] = {"receive_buffer_size": 64 * 1024}
 
 
 def make_router() -> Router:
