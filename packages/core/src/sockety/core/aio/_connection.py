@@ -112,11 +112,12 @@ class Connection(asyncio.BufferedProtocol):
         # our kernel ahead of its next small message, with the send side left autotuned.
         receive_buffer_size: int | None = None,
         # Unsent bytes the kernel may hold for us (TCP_NOTSENT_LOWAT, where the OS has it): a
-        # small message written after bulk data waits behind at most this much, while the
-        # socket buffers stay autotuned for throughput. None leaves it to the OS. 64 KiB
-        # against 128 KiB in sockety-bench (interleaved runs): small-request p99 during a
-        # 64 MiB upload over TLS 3.9-5.0x the unloaded one instead of 4.9-5.8x, and 1 MiB data
-        # as fast; TLS bulk moves about a third as fast as TCP, so the same bytes wait longer.
+        # small message written after bulk data waits behind about this much (a write to an
+        # empty transport buffer may go past it), while the socket buffers stay autotuned.
+        # None leaves it to the OS. 64 KiB against 128 KiB in sockety-bench (interleaved
+        # runs): small-request p99 during a 64 MiB upload over TLS 3.9-5.0x the unloaded one
+        # instead of 4.9-5.8x, and 1 MiB data as fast; TLS bulk moves about a third as fast
+        # as TCP, so the same bytes wait longer.
         notsent_lowat: int | None = 64 * 1024,
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
