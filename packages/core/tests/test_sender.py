@@ -631,3 +631,20 @@ def test_abort_drops_queued_content_and_returns_false_when_complete() -> None:
     assert not a.abort(ID2)  # already written completely
     assert deliver(a, b)[0].data == b"y"
     assert a.idle and b.idle
+
+
+def test_the_packet_size_can_change_before_content_is_written() -> None:
+    a, b = pair()
+    assert a.max_packet_size == 128 * 1024
+    a.set_max_packet_size(300)
+    assert a.max_packet_size == 300
+    a.send_message(ID, "big", bytes(range(250)) * 4)
+    header = b"".join(a.data_to_send(max_bytes=0))
+    first = b"".join(a.data_to_send(max_bytes=1))  # one quantum: one packet
+    assert 300 < len(first) <= 304
+    events = b.receive_data(header + first + a.bytes_to_send())
+    assert [event.data for event in events] == [bytes(range(250)) * 4]
+    for bad in (0, 16 * 1024 * 1024 + 1):
+        with pytest.raises(ValueError, match="max_packet_size"):
+            a.set_max_packet_size(bad)
+    assert a.max_packet_size == 300

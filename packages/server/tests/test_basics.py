@@ -216,6 +216,32 @@ def test_close_is_graceful_and_idempotent(net: Net) -> None:
     net.run(main())
 
 
+def test_tls_connections_write_smaller_packets(net: Net) -> None:
+    # Over TLS bulk moves about a third as fast, so packets default to 64 KiB instead of the
+    # core's 128 KiB (less for a small message to wait behind); a given size always wins.
+    body = bytes(range(256)) * 4096  # 1 MiB: several packets either way
+    router = make_router()
+
+    @router.action("bounce")
+    def bounce(message: Message) -> None:
+        message.respond(ResponseDraft(data="bytes")(message.data))
+
+    async def main() -> None:
+        expected = 64 * 1024 if net.tls else 128 * 1024
+        async with net.pair(router) as (server, client):
+            reply = await client.request(Draft("bounce", data="bytes")(body))
+            assert isinstance(reply, Response) and reply.data == body
+            (accepted,) = server.connections
+            assert client._core.max_packet_size == expected
+            assert accepted._core.max_packet_size == expected
+        async with net.pair(router, {"max_packet_size": 96 * 1024}) as (_server, client):
+            reply = await client.request(Draft("bounce", data="bytes")(body))
+            assert isinstance(reply, Response) and reply.data == body
+            assert client._core.max_packet_size == 96 * 1024
+
+    net.run(main())
+
+
 def test_socket_options_reach_the_kernel(net: Net) -> None:
     import socket
 

@@ -41,7 +41,8 @@ class Connection(Sender):
         # latency, large enough that per-packet work and syscalls stay small. Measured with
         # sockety-bench (compiled build, 128 KiB socket buffers), 64 / 128 / 256 KiB: 1 MiB data
         # 0.31-0.66x / 0.51-0.58x / 0.57-0.70x the raw ceiling, small-request p99 during a
-        # 64 MiB upload 2.1-2.5x / 3.0-3.6x / 3.4-6.8x the unloaded one.
+        # 64 MiB upload 2.1-2.5x / 3.0-3.6x / 3.4-6.8x the unloaded one. (The asyncio layer
+        # uses 64 KiB over TLS unless this is given: see sockety.core.aio.)
         max_packet_size: int = 128 * 1024,
     ) -> None:
         if not 1 <= channels <= 4096:

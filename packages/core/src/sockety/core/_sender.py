@@ -160,6 +160,17 @@ class Sender(Receiver):
         return id in self._outgoing
 
     @property
+    def max_packet_size(self) -> int:
+        """The largest content packet written (Data, Stream or File payload bytes)."""
+        return self._max_packet
+
+    def set_max_packet_size(self, size: int) -> None:
+        """Changes the size of the content packets written from now on."""
+        if not 1 <= size <= _FILE_PACKET_LIMIT:
+            raise ValueError(f"max_packet_size must be 1..{_FILE_PACKET_LIMIT}")
+        self._max_packet = size
+
+    @property
     def send_channels(self) -> int:
         """Channels we send on: min(our limit, the peer's); 0 until the peer's header arrived."""
         return self._send_channels
