@@ -18,6 +18,20 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 CLI = [sys.executable, "-m", "sockety.benchmark"]
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Children start with SIGINT as a terminal's Ctrl-C finds it. A shell starts background
+    jobs with SIGINT ignored, Python keeps that and children inherit it, and these tests may
+    run under one (a CI runner, ``cmd &``); a handler of ours is reset to the default at exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 TINY = ["-t", "0.3", "-w", "0.1"]
 
 
@@ -155,6 +169,7 @@ def popen() -> Iterator[list[subprocess.Popen[str]]]:
         proc.wait(5)
 
 
+@pytest.mark.usefixtures("sigint_default")
 def test_sigint_leaves_no_child_process(popen: list[subprocess.Popen[str]]) -> None:
     proc = subprocess.Popen(
         [*CLI, "-t", "30", "-w", "0.1", "-f", "raw", "-f", "short"],
@@ -173,6 +188,7 @@ def test_sigint_leaves_no_child_process(popen: list[subprocess.Popen[str]]) -> N
     assert _gone(children, time.monotonic() + 5) == []
 
 
+@pytest.mark.usefixtures("sigint_default")
 def test_server_only_and_remote(popen: list[subprocess.Popen[str]]) -> None:
     server = subprocess.Popen(
         [*CLI, "--server-only", "raw", "-p", "0"],
