@@ -77,6 +77,12 @@ class _Outgoing:
         self.in_ring = False
 
 
+def _packet_size(size: int) -> int:
+    if not 1 <= size <= _FILE_PACKET_LIMIT:
+        raise ValueError(f"max_packet_size must be 1..{_FILE_PACKET_LIMIT}")
+    return size
+
+
 def _as_bytes(text: str | bytes) -> bytes:
     return text.encode() if isinstance(text, str) else text
 
@@ -91,10 +97,8 @@ class Sender(Receiver):
     def __init__(self, *, channels: int, send_channels: int, max_packet_size: int) -> None:
         if not 1 <= send_channels <= MAX_CHANNELS:
             raise ValueError(f"send_channels must be 1..{MAX_CHANNELS}")
-        if not 1 <= max_packet_size <= _FILE_PACKET_LIMIT:
-            raise ValueError(f"max_packet_size must be 1..{_FILE_PACKET_LIMIT}")
         self._send_limit = send_channels
-        self._max_packet = max_packet_size
+        self._max_packet = _packet_size(max_packet_size)
         self._out = bytearray(connection_header(channels))
         self._chunks: list[Buffer] = []
         self._chunks_size = 0
@@ -166,9 +170,7 @@ class Sender(Receiver):
 
     def set_max_packet_size(self, size: int) -> None:
         """Changes the size of the content packets written from now on."""
-        if not 1 <= size <= _FILE_PACKET_LIMIT:
-            raise ValueError(f"max_packet_size must be 1..{_FILE_PACKET_LIMIT}")
-        self._max_packet = size
+        self._max_packet = _packet_size(size)
 
     @property
     def send_channels(self) -> int:

@@ -123,8 +123,7 @@ class Connection(asyncio.BufferedProtocol):
         # empty transport buffer may go past it), while the socket buffers stay autotuned.
         # None leaves it to the OS. 64 KiB against 128 KiB in sockety-bench (interleaved
         # runs): small-request p99 during a 64 MiB upload over TLS 3.9-5.0x the unloaded one
-        # instead of 4.9-5.8x, and 1 MiB data as fast; TLS bulk moves about a third as fast
-        # as TCP, so the same bytes wait longer.
+        # instead of 4.9-5.8x (why TLS feels it most: see _TLS_PACKET_SIZE), 1 MiB data as fast.
         notsent_lowat: int | None = 64 * 1024,
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
@@ -525,9 +524,9 @@ class Connection(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
         # uvloop's writelines() writes the list as it is (writev), and so does asyncio's from
-        # 3.12 (sendmsg); over TLS records are made of what is written, so join there. Before
-        # 3.12, asyncio's joins the chunks and then copies what the socket does not take at
-        # once: _write does better by itself.
+        # 3.12 (sendmsg); over TLS the SSL layer encrypts the list into its own buffer, so
+        # there is no copy to save either. Before 3.12, asyncio's joins the chunks and then
+        # copies what the socket does not take at once: _write does better by itself.
         tls = transport.get_extra_info("sslcontext") is not None
         self._join_free = type(transport).writelines is not asyncio.WriteTransport.writelines or tls
         if tls and self._tls_packets:
