@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note
 from hypothesis import strategies as st
@@ -229,7 +230,9 @@ class Run:
             conn = Connection(channels=channels, send_channels=send_limit, max_packet_size=packet)
             self.sides.append(Side(tag, conn, channels, packet))
         self.max_bytes = data.draw(st.sampled_from([None, None, 1, 100, 64 * 1024]), label="max")
-        self.cut_mode = data.draw(st.sampled_from(["whole", "few", "many"]), label="cuts")
+        self.cut_mode = data.draw(
+            st.sampled_from(["whole", "few", "many", "in place"]), label="cuts"
+        )
 
     def content(self, size: int) -> bytes:
         return self.rng.randbytes(size)
@@ -238,9 +241,31 @@ class Run:
         blob = b"".join(src.conn.data_to_send(max_bytes))
         if not blob:
             return 0
+        if self.cut_mode == "in place":
+            absorb(dst, src, self.read_in_place(dst.conn, blob))
+            return len(blob)
         for piece in self.cut(blob):
             absorb(dst, src, dst.conn.receive_data(piece))
         return len(blob)
+
+    def read_in_place(self, conn: Connection, blob: bytes) -> list[Any]:
+        """Delivers ``blob`` as the asyncio layer may: message data written straight into the
+        view ``payload_buffer`` gives, everything else through ``receive_data``; each piece of
+        a random size."""
+        events: list[Any] = []
+        pos = 0
+        while pos < len(blob):
+            view = conn.payload_buffer()
+            if view is None:
+                end = self.rng.randint(pos + 1, len(blob))
+                events += conn.receive_data(blob[pos:end])
+                pos = end
+                continue
+            size = min(len(view), len(blob) - pos, self.rng.randint(1, len(view)))
+            view[:size] = blob[pos : pos + size]
+            pos += size
+            events += conn.payload_received(size)
+        return events
 
     def cut(self, blob: bytes) -> list[bytes]:
         if self.cut_mode == "whole":
@@ -573,4 +598,37 @@ def test_big_stream_and_file_interleave_with_other_channels() -> None:
     kinds = [type(e) for e in events if type(e) in (StreamChunkReceived, FileChunkReceived)]
     switches = sum(1 for x, y in itertools.pairwise(kinds) if x is not y)
     assert switches > 50  # round-robin: the two transfers alternate
+    assert a.idle and b.idle
+
+
+def test_message_data_written_in_place_packet_by_packet() -> None:
+    a, b = pair({"max_packet_size": 1000})
+    payload = random.Random(3).randbytes(5000)
+    a.send_message(bytes(16), "big", payload)
+    a.send_message(bytes([1]) * 16, "next", b"small")
+    blob = a.bytes_to_send()
+    events: list[Any] = []
+    pos = 0
+    sizes: list[int] = []
+    while pos < len(blob):
+        view = b.payload_buffer()
+        if view is None:  # headers, a byte at a time
+            events += b.receive_data(blob[pos : pos + 1])
+            pos += 1
+            continue
+        sizes.append(len(view))
+        with pytest.raises(ValueError):
+            b.payload_received(len(view) + 1)
+        view[:] = blob[pos : pos + len(view)]  # the rest of this packet's payload
+        pos += len(view)
+        events += b.payload_received(len(view))
+    # A view per Data packet, each exactly its payload: the small message's data went out
+    # between the big one's first and second packets.
+    assert sizes == [1000, 5, 1000, 1000, 1000, 1000], sizes
+    small, big = events  # the small one was complete first
+    assert type(big) is MessageReceived and bytes(big.data) == payload
+    assert type(small) is MessageReceived and small.action == "next" and small.data == b"small"
+    assert b.payload_buffer() is None
+    with pytest.raises(ValueError):
+        b.payload_received(1)
     assert a.idle and b.idle
