@@ -8,7 +8,7 @@ import hashlib
 import os
 import random
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -30,6 +30,7 @@ from sockety.core.aio import loop_factory
 from .conftest import HOST, Net
 
 T = TypeVar("T")
+C = TypeVar("C", bound=AioConnection)
 
 MIB = 1024 * 1024
 TOTAL = 64 * MIB
@@ -38,6 +39,14 @@ CHUNK = 256 * 1024
 
 def pattern(index: int) -> bytes:
     return index.to_bytes(4, "little") * (CHUNK // 4)
+
+
+async def hashed(chunks: AsyncIterable[bytes], digest: Any = None) -> Any:
+    """``digest`` (a new sha256 if None) updated with every chunk."""
+    digest = digest or hashlib.sha256()
+    async for chunk in chunks:
+        digest.update(chunk)
+    return digest
 
 
 def expected_digest() -> str:
@@ -55,9 +64,7 @@ def test_64_mib_up_and_down_with_bounded_memory(net: Net) -> None:
     async def mirror(message: Message) -> None:
         # Hash the upload as it arrives, then stream 64 MiB back.
         assert message.stream is not None
-        digest = hashlib.sha256()
-        async for chunk in message.stream:
-            digest.update(chunk)
+        digest = await hashed(message.stream)
         reply = message.respond(stream_reply(digest.hexdigest()))
         assert reply.stream is not None
         for index in range(TOTAL // CHUNK):
@@ -75,9 +82,7 @@ def test_64_mib_up_and_down_with_bounded_memory(net: Net) -> None:
                 request.stream.end()
                 reply = await request.response(timeout=60)
                 assert isinstance(reply, Response) and reply.stream is not None
-                down = hashlib.sha256()
-                async for chunk in reply.stream:
-                    down.update(chunk)
+                down = await hashed(reply.stream)
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
@@ -136,26 +141,30 @@ class _SendRecorder:
         self._transport.writelines(chunks)
 
 
-def _recorded(
-    router: Router, loop: str, talk: Callable[[Connection], Awaitable[T]]
-) -> tuple[T, _Recorder]:
-    """Serves ``router`` on one _Recorder, lets a client ``talk`` to it; returns what the
-    talk returned and the recorder."""
-    recorders: list[_Recorder] = []
+def _served(
+    make: Callable[[], C],
+    loop: str,
+    talk: Callable[[Connection], Awaitable[T]],
+    **client_options: Any,
+) -> tuple[T, C]:
+    """Serves one connection made by ``make``, lets a client (connected with
+    ``client_options``) ``talk`` to it; returns what the talk returned and that connection."""
+    made: list[C] = []
 
-    def accept() -> _Recorder:
-        recorders.append(_Recorder(router))
-        return recorders[-1]
+    def accept() -> C:
+        made.append(make())
+        return made[-1]
 
     async def main() -> T:
         server = await asyncio.get_running_loop().create_server(accept, HOST, 0)
-        async with server, connect(HOST, server.sockets[0].getsockname()[1]) as client:
+        port = server.sockets[0].getsockname()[1]
+        async with server, connect(HOST, port, **client_options) as client:
             return await talk(client)
 
     with asyncio.Runner(loop_factory=loop_factory(loop == "uvloop")) as runner:
-        result = runner.run(asyncio.wait_for(main(), 30))
-    (recorder,) = recorders
-    return result, recorder
+        result = runner.run(asyncio.wait_for(main(), 60))
+    (connection,) = made
+    return result, connection
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -176,7 +185,7 @@ def test_message_data_is_copied_once_packet_after_packet(loop: str) -> None:
     async def talk(client: Connection) -> Any:
         return await client.request(Draft("upload", data="bytes")(body))
 
-    reply, recorder = _recorded(router, loop, talk)
+    reply, recorder = _served(lambda: _Recorder(router), loop, talk)
     assert reply == FastReply.ACCEPT and received == [body]
     assert recorder.copied < 128 * 1024, recorder.copied
 
@@ -206,7 +215,7 @@ def test_small_messages_are_read_in_large_reads(loop: str) -> None:
                 await client.drain()
         await client.request(Draft("sync")())
 
-    _, recorder = _recorded(router, loop, talk)
+    _, recorder = _served(lambda: _Recorder(router), loop, talk)
     assert count == 5000
     assert min(recorder.buffer_sizes) >= 16 * 1024, sorted(recorder.buffer_sizes)[:10]
 
@@ -228,7 +237,7 @@ def test_packet_headers_do_not_go_out_alone(loop: str) -> None:
         assert isinstance(reply, Response)
         return reply.data
 
-    data, recorder = _recorded(router, loop, talk)
+    data, recorder = _served(lambda: _Recorder(router), loop, talk)
     assert data == body
     *data_sends, go_away = recorder.sends  # the last: the one byte answering the client's close
     assert go_away == 1
@@ -268,17 +277,14 @@ def test_mixed_traffic_survives_reads_split_anywhere(loop: str, packet_size: int
     @router.action("stream")
     async def stream(message: Message) -> None:
         assert message.stream is not None
-        digest = hashlib.sha256()
-        async for chunk in message.stream:
-            digest.update(chunk)
+        digest = await hashed(message.stream)
         message.respond(ResponseDraft(data="bytes")(digest.digest()))
 
     @router.action("file")
     async def file(message: Message) -> None:
         digest = hashlib.sha256()
         for received in message.files:
-            async for chunk in received:
-                digest.update(chunk)
+            await hashed(received, digest)
         message.respond(ResponseDraft(data="bytes")(digest.digest()))
 
     async def answer(request: Any) -> bytes:
@@ -294,21 +300,17 @@ def test_mixed_traffic_survives_reads_split_anywhere(loop: str, packet_size: int
         request.stream.end()
         return await answer(request.response())
 
-    async def main() -> list[bytes]:
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _Splitter(router, packet_size), HOST, 0
+    async def talk(client: Connection) -> list[bytes]:
+        data = Draft("data", data="bytes")
+        small = [answer(client.request(data(b"%d" % index))) for index in range(200)]
+        large = [answer(client.request(data(body))) for body in bodies]
+        upload = Draft("file", files=True)(files=[FileTransfer.from_bytes(filed, "f.bin")])
+        return await asyncio.gather(
+            *small, *large, send_stream(client), answer(client.request(upload))
         )
-        port = server.sockets[0].getsockname()[1]
-        async with server, connect(HOST, port, max_packet_size=packet_size) as client:
-            data = Draft("data", data="bytes")
-            small = [answer(client.request(data(b"%d" % index))) for index in range(200)]
-            large = [answer(client.request(data(body))) for body in bodies]
-            upload = Draft("file", files=True)(files=[FileTransfer.from_bytes(filed, "f.bin")])
-            return await asyncio.gather(
-                *small, *large, send_stream(client), answer(client.request(upload))
-            )
 
-    with asyncio.Runner(loop_factory=loop_factory(loop == "uvloop")) as runner:
-        digests = runner.run(asyncio.wait_for(main(), 60))
+    digests, _ = _served(
+        lambda: _Splitter(router, packet_size), loop, talk, max_packet_size=packet_size
+    )
     expected = [b"%d" % index for index in range(200)] + [*bodies, streamed, filed]
     assert digests == [hashlib.sha256(content).digest() for content in expected]
