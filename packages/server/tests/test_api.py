@@ -36,6 +36,7 @@ OWN = {
     "OperatedServer",
     "Server",
     "ServerMetrics",
+    "ServerObserver",
     "multiprocess_registry",
     "serve",
     "serve_metrics",

@@ -34,7 +34,7 @@ from sockety.core import Connection as SansIO
 from sockety.core import ProtocolErrorKind, RemoteProtocolError
 from sockety.core._encoding import message_header_packet, sized_prefix, switch_packet
 from sockety.core.aio import loop_factory
-from sockety.server import Connection, OperatedServer, Server, ServerMetrics
+from sockety.server import Connection, OperatedServer, Server, ServerMetrics, serve
 from sockety.server._runner import log_closed
 
 from .conftest import HOST, Net
@@ -117,8 +117,9 @@ class ThreadedServer:
         self.loop = asyncio.get_running_loop()
         self.loop.set_exception_handler(lambda loop, context: self.loop_errors.append(context))
         self.metrics = ServerMetrics()
-        self.server = self.metrics.server(app(), on_disconnect=log_closed, **self.options)
-        await self.server.start(HOST, 0)
+        self.server = await serve(
+            app(), HOST, 0, observer=self.metrics, on_disconnect=log_closed, **self.options
+        )
         self.stop = asyncio.Event()
         self.started.set()
         await self.stop.wait()
@@ -347,24 +348,19 @@ def test_4096_channels_left_unfinished_are_held_then_closed_by_idle_timeout(tcp:
     async def main() -> None:
         closed: list[Connection] = []
         metrics = ServerMetrics()
-        server = metrics.server(app(), on_disconnect=closed.append, idle_timeout=1.0)
-        await server.start(HOST, 0)
+        server = await serve(
+            app(), HOST, 0, observer=metrics, on_disconnect=closed.append, idle_timeout=1.0
+        )
         reader, writer = await asyncio.open_connection(HOST, server.port)
-        writer.write(
-            b"\xe3"
-            + b"".join(
-                switch_packet(ch)
-                + message_header_packet(
-                    ch.to_bytes(2, "little") * 8, b"a", 1 << 20, (), False, True
-                )
-                for ch in range(4096)
-            )
+        flood = b"\xe3" + b"".join(
+            switch_packet(ch)
+            + message_header_packet(ch.to_bytes(2, "little") * 8, b"a", 1 << 20, (), False, True)
+            for ch in range(4096)
         )
+        writer.write(flood)
         await writer.drain()
-        gauge = "sockety_server_channels_in_use"
-        await until(
-            lambda: metrics.registry.get_sample_value(gauge, {"direction": "receive"}) == 4096
-        )
+        received = "sockety_server_received_bytes_total"  # read, so every header was parsed
+        await until(lambda: metrics.registry.get_sample_value(received) == len(flood))
         began = time.monotonic()
         with contextlib.suppress(ConnectionError):
             await asyncio.wait_for(reader.read(), 10)
@@ -372,12 +368,7 @@ def test_4096_channels_left_unfinished_are_held_then_closed_by_idle_timeout(tcp:
         await until(lambda: closed)
         reason = closed[0].close_reason
         assert reason is not None and reason.kind == "idle_timeout"
-        assert (
-            metrics.registry.get_sample_value(
-                "sockety_server_channels_in_use", {"direction": "receive"}
-            )
-            == 0
-        )
+        assert metrics.registry.get_sample_value("sockety_server_open_connections") == 0
         figure(
             f"4096 unfinished channels: closed by idle timeout {time.monotonic() - began:.2f} s"
             " after all were open"

@@ -31,6 +31,7 @@ from sockety.core.aio import (
 
 from ._guarded import OperatedServer
 from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
+from ._observer import ServerObserver
 from ._server import Server, serve
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "SocketyError",
     "Server",
     "ServerMetrics",
+    "ServerObserver",
     "StreamReader",
     "StreamWriter",
     "Transfer",

@@ -87,9 +87,8 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
         from ._metrics import ServerMetrics  # noqa: PLC0415 - prometheus only when asked
 
         metrics = ServerMetrics(loop_name=loop_name)
-        server: Server = metrics.server(handler, write_timeout=args.timeout, **options)
-    else:
-        server = OperatedServer(handler, write_timeout=args.timeout, **options)
+        options["observer"] = metrics
+    server: Server = OperatedServer(handler, write_timeout=args.timeout, **options)
     try:
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
@@ -106,7 +105,9 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
 
             host = args.metrics_host or args.host
             try:
-                metrics_http = await serve_metrics(metrics.registry, host, args.metrics_port)
+                metrics_http = await serve_metrics(
+                    metrics.registry, host, args.metrics_port, healthy=lambda: server.is_serving
+                )
             except OSError as error:
                 logger.error("could not serve metrics on %s:%s: %s", host, args.metrics_port, error)
                 await server.close(0)

@@ -15,6 +15,8 @@ from typing import Any, cast
 from sockety.core import ConnectionClosedError
 from sockety.core.aio import Connection, Handler, Outgoing
 
+from ._observer import ServerObserver, observed
+
 __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("sockety.server")
@@ -32,8 +34,14 @@ class Server:
         on_disconnect: Callable[[Connection], Any] | None = None,
         # Connections beyond this are closed at once: each costs memory and a file descriptor.
         max_connections: int | None = None,
+        observer: ServerObserver | None = None,
         **options: Any,
     ) -> None:
+        if observer is not None:
+            observer.on_serve(handler)
+            if handler is not None and observer.observes_messages:
+                handler = observed(handler, observer)
+        self._observer = observer
         self._handler = handler
         self._ssl = ssl
         self._on_connect = on_connect
@@ -87,13 +95,21 @@ class Server:
         self._connections.add(connection)
         return True
 
+    def _refused(self, peer: Any) -> None:
+        if self._observer is not None:
+            self._observer.on_refused(peer)
+
     def _opened(self, connection: Connection) -> None:
+        if self._observer is not None:
+            self._observer.on_connect(connection)
         if self._on_connect is not None:
             self._on_connect(connection)
 
-    def _disconnected(self, connection: Connection) -> None:
+    def _disconnected(self, connection: Connection, reason: ConnectionClosedError) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
+            if self._observer is not None:
+                self._observer.on_close(connection, reason)
             if self._on_disconnect is not None:
                 self._on_disconnect(connection)
 
@@ -188,26 +204,35 @@ class _ServerConnection(Connection):
     def __init__(self, server: Server, handler: Handler | None, **options: Any) -> None:
         super().__init__(handler, **options)
         self._server = server
+        self._closed_here = False  # close() called before any Go Away: this side closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Admission first: a refused peer gets no Sockety header, so its connect() fails
         # instead of succeeding and then losing the connection.
         if not self._server._connected(self):
-            logger.warning(
-                "refusing connection from %s: server full or closing",
-                transport.get_extra_info("peername"),
-            )
+            peer = transport.get_extra_info("peername")
+            logger.warning("refusing connection from %s: server full or closing", peer)
+            self._server._refused(peer)
             self._set_error(ConnectionClosedError("server full or closing", kind="refused"))
             cast(asyncio.Transport, transport).abort()
             return
         super().connection_made(transport)
         self._server._opened(self)
 
+    async def close(self, timeout: float | None = None) -> None:
+        # The peer's Go Away makes the connection close itself, with going_away already set.
+        if not self.going_away:
+            self._closed_here = True
+        await super().close(timeout)
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         reason = self.close_reason
+        assert reason is not None  # set by the connection before it calls back
+        if reason.kind == "closed" and not self._closed_here:  # a clean close the peer began
+            reason = ConnectionClosedError(f"{reason.reason} by the peer", kind="closed_by_peer")
         logger.debug("connection from %s closed: %s", self.remote_address, reason)
-        self._server._disconnected(self)
+        self._server._disconnected(self, reason)
 
 
 def _format(address: Any) -> str:
@@ -224,6 +249,8 @@ class serve:  # used like a function, as websockets.serve is
             await server.serve_forever()
 
     ``ssl`` is an ``ssl.SSLContext`` for TLS. Port 0 picks a free port (``server.port``).
+    ``observer`` (a :class:`ServerObserver`, e.g. :class:`ServerMetrics`) hears connections,
+    closes and messages.
     Other keywords are the connections' options and limits (see ``Connection``).
     """
 
