@@ -69,7 +69,37 @@ _GETTER = re.compile(r"\(getter\)(\w+?)_get_(\w+),((?:\s*\(setter\)\w+,)?\s*)(NU
 _TYPE = re.compile(
     r"(PyTypeObject CPyType_(\w+)_template_ = \{[^}]*?\.tp_doc = PyDoc_STR\()" + _DOC + r"\)"
 )
+_COROUTINE = re.compile(
+    r"PyObject\* wrapper_CPyPy_(\w+) = CPyFunction_New\(.*\);\n"
+    r"(\s*)if \(unlikely\(!wrapper_CPyPy_\1\)\)\n\s*return 2;\n"
+)
 _MARK = "/* sockety-core: docstrings kept (setup.py) */\n"
+# mypyc wraps coroutine methods in a function type whose __doc__ is None: give that type a
+# __doc__ that reads the C doc slot (the part after the text signature), as built-ins do.
+_FUNCTION_DOC = r"""
+static PyObject *sockety_function_doc(PyObject *op, void *context) {
+    (void)context;
+    const char *doc = ((PyCFunctionObject *)op)->m_ml->ml_doc;
+    const char *body = doc != NULL ? strstr(doc, "\n--\n\n") : NULL;
+    doc = body != NULL ? body + 5 : doc;
+    if (doc == NULL || *doc == '\0')
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(doc);
+}
+static PyGetSetDef sockety_function_doc_def = {"__doc__", sockety_function_doc, NULL, NULL, NULL};
+static int sockety_expose_function_doc(PyObject *function) {
+    PyTypeObject *type = Py_TYPE(function);
+    if (PyDict_GetItemString(type->tp_dict, "__doc__") != Py_None)
+        return 0;  /* done already */
+    PyObject *descr = PyDescr_NewGetSet(type, &sockety_function_doc_def);
+    if (descr == NULL)
+        return -1;
+    int result = PyDict_SetItemString(type->tp_dict, "__doc__", descr);
+    Py_DECREF(descr);
+    PyType_Modified(type);
+    return result;
+}
+"""
 
 
 def _c_literal(text: str) -> str:
@@ -148,7 +178,18 @@ def keep_docstrings(directory: str, docs: dict[tuple[str, str | None, str], str]
                 written += 1
                 return f"{match[1]}{doc})"
 
+            def coroutine(match: re.Match[str]) -> str:
+                return (
+                    f"{match[0]}{match[2]}if (sockety_expose_function_doc("
+                    f"wrapper_CPyPy_{match[1]}) < 0)\n{match[2]}    return 2;\n"
+                )
+
             code = _TYPE.sub(type_doc, _GETTER.sub(getter, _METHOD.sub(method, code)))
+            if "CPyFunction_New(" in code and "#include <function_wrapper.c>" in code:
+                code = _COROUTINE.sub(coroutine, code)
+                last = code.rindex("#include <")
+                end = code.index("\n", last) + 1
+                code = code[:end] + _FUNCTION_DOC + code[end:]
             with open(path, "w", encoding="utf-8") as output:
                 output.write(_MARK + code)
     return written

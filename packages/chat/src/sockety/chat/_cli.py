@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sockety.core.cli import add_version, existing_file
 from sockety.server import run
 
 from ._app import ChatApp
@@ -55,12 +56,17 @@ def _name(text: str) -> str:
     return text
 
 
+def _pem(text: str) -> Path:
+    return Path(existing_file(text))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sockety-chat",
         description="A terminal chat on Sockety. With no command: a chat server on 127.0.0.1 "
         "and this terminal joined to it (others join with `sockety-chat join`).",
     )
+    add_version(parser, "sockety-chat")
     parser.add_argument("--port", type=_port, default=0, help="embedded server port (0: free)")
     parser.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     parser.add_argument("--downloads", type=Path, help="where /save puts files")
@@ -69,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a standalone chat server")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT)
-    serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve TLS")
-    serve.add_argument("--tls-key", type=Path, help="private key (PEM), if not in --tls-cert")
+    serve.add_argument("--tls-cert", type=_pem, help="certificate chain (PEM): serve TLS")
+    serve.add_argument("--tls-key", type=_pem, help="private key (PEM), if not in --tls-cert")
     serve.add_argument("--max-file-size", type=int, default=1024**3, help="bytes (1 GiB)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
@@ -78,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("address", type=parse_address, metavar="HOST:PORT")
     join.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     join.add_argument("--tls", action="store_true", help="connect with TLS (verified)")
-    join.add_argument("--tls-ca", type=Path, help="trust this CA file (implies --tls)")
+    join.add_argument("--tls-ca", type=_pem, help="trust this CA file (implies --tls)")
     join.add_argument("--downloads", type=Path, help="where /save puts files")
     return parser
 

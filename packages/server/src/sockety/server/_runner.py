@@ -61,7 +61,8 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
     try:
         context = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     except (OSError, ssl.SSLError) as error:
-        logger.error("could not load the TLS certificate or key: %s", error)
+        files = ", ".join(f for f in (args.tls_cert, args.tls_key, args.tls_ca) if f)
+        logger.error("could not load the TLS files (%s): %s", files, error)
         return 2
     cut_off = 0  # connections closed with work unfinished when the grace period ended
 
