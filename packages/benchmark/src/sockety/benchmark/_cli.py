@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="short cases so that the whole default matrix takes about a minute",
     )
     p.add_argument(
+        "--wide",
+        action="store_true",
+        help="show every column (about 175 characters wide): CPU %% and µs/op of both sides, "
+        "p90 and max, success rate and notes; the default view fits 100 columns",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         metavar="PATH",
@@ -310,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = add_ratios(median_rounds(rows), order)
     meta["interrupted"] = interrupted
     if rows:
-        render_table(rows, meta, out)
+        render_table(rows, meta, out, wide=args.wide)
     if args.json:
         write_json(args.json, meta, rows)
     if args.markdown:
