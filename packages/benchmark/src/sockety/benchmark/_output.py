@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,16 @@ def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _sections(rows: list[dict[str, Any]], table: Table) -> Iterator[dict[str, Any]]:
+    """The rows, with a section line in ``table`` between cases."""
+    previous = None
+    for row in rows:
+        if previous is not None and row["case"] != previous:
+            table.add_section()
+        previous = row["case"]
+        yield row
+
+
 #: The default view: what fits 100 columns (--wide shows every column, as write_markdown).
 COMPACT_HEADERS = ("case", "suite", "rate", "p50", "p99", "srv µs/op", "vs raw")
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -201,11 +212,7 @@ def compact_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[Tab
     )
     for i, header in enumerate(COMPACT_HEADERS):
         table.add_column(header, justify="left" if i < 2 else "right", no_wrap=True)
-    previous = None
-    for row in rows:
-        if previous is not None and row["case"] != previous:
-            table.add_section()
-        previous = row["case"]
+    for row in _sections(rows, table):
         full = cells(row)
         # The rounds' range stays in --wide and the JSON: here the caption says "median of".
         note = (
@@ -243,11 +250,7 @@ def render_table(
             header.replace(" usr", "\nusr").replace(" µs", "\nµs"),
             justify="left" if i < 2 or i == 13 else "right",
         )
-    previous = None
-    for row in rows:
-        if previous is not None and row["case"] != previous:
-            table.add_section()
-        previous = row["case"]
+    for row in _sections(rows, table):
         text = cells(row)
         if row["status"] != "ok":
             style = "dim" if row["status"] == "n/a" else "red"

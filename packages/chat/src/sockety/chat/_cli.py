@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sockety.core.cli import add_version, existing_file
+from sockety.core.cli import port as _port
 from sockety.server import run
 
 from ._app import ChatApp
@@ -38,16 +39,6 @@ def parse_address(text: str) -> tuple[str, int]:
     if not host:
         raise argparse.ArgumentTypeError(f"no host in {text!r}")
     return host, port
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
-    return port
 
 
 def _name(text: str) -> str:

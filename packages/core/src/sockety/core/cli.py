@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from importlib import metadata
+from typing import Any
 
 __all__ = [
     "add_version",
@@ -18,12 +19,16 @@ __all__ = [
 ]
 
 
+def _parse(text: str, convert: type[int] | type[float], what: str) -> Any:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def port(text: str) -> int:
     """A TCP port, 0-65535 (0: any free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    value: int = _parse(text, int, "a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port: ports are 0 to 65535")
     return value
@@ -31,10 +36,7 @@ def port(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A number of seconds (or any quantity) greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value: float = _parse(text, float, "a number")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a number greater than 0")
     return value
@@ -42,10 +44,7 @@ def positive_float(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """A count of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value: int = _parse(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
