@@ -43,7 +43,17 @@ def build() -> None:
     # --no-deps: siblings are built here, not looked up on an index; one pip run, one build
     # environment per package (sockety-core's compiles its hot modules with mypyc).
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(DIST), *directories],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(DIST),
+            *directories,
+        ],
         check=True,
     )
     wheels = sorted(path.name for path in DIST.glob("sockety_*.whl"))

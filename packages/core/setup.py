@@ -117,7 +117,7 @@ def keep_docstrings(directory: str, docs: dict[tuple[str, str | None, str], str]
     only signatures: ``help(Draft)`` shows the same text as in pure Python. Only the doc slots
     change, not one call, so the compiled code runs exactly as fast. Returns how many were
     written (a test checks the compiled build's docs, so a mypyc that changes its output fails
-    there, not silently)."""
+    there, not silently); a failure here leaves the build compiled, without them."""
 
     def find(parts: list[str]) -> str | None:
         # parts: module suffix..., [class,] name; the module is named by its shortest unique
@@ -215,8 +215,12 @@ def compiled_extensions() -> list[Any]:
             target_dir=target,
             group_name="sockety_core",  # the shared runtime: sockety_core__mypyc.*.so
         )
-        written = keep_docstrings(target, docstrings(HOT_MODULES))
-        print(f"sockety-core: {written} docstrings written into the compiled modules")
+        try:
+            written = keep_docstrings(target, docstrings(HOT_MODULES))
+        except Exception as error:  # docs are not worth the speed: compile without them
+            print(f"sockety-core: docstrings not kept ({error!r})", file=sys.stderr)
+        else:
+            print(f"sockety-core: {written} docstrings written into the compiled modules")
         return extensions
     except (Exception, SystemExit) as error:  # mypyc missing or refusing the code
         _warn(f"mypyc could not translate the hot modules ({error!r})")
