@@ -220,7 +220,7 @@ class Sender(Receiver):
             raise GoingAwayError("the connection is going away: no new messages")
         size = len(data)
         # Two fast paths for messages without files; _general_message makes the very same bytes
-        # (test_sender proves it for random messages and packet sizes), only slower.
+        # (test_packetizing proves it for random messages and packet sizes), only slower.
         if not files and size < 0x100 and size <= self._max_packet and not stream and len(id) == 16:
             # The hottest shape: no files, no stream, data small enough for one packet.
             # Everything of the header but the id is cached per (action, size,
@@ -287,7 +287,7 @@ class Sender(Receiver):
     ) -> None:
         """The one general encoder of a Message: every shape, packets of ``max_packet_size``.
 
-        The fast paths of ``send_message`` must produce exactly its bytes (test_sender)."""
+        The fast paths of ``send_message`` must produce exactly its bytes (test_packetizing)."""
         if self._going_away or self._peer_going_away:
             raise GoingAwayError("the connection is going away: no new messages")
         file_list = [(_as_bytes(name), size) for name, size in files]
@@ -349,7 +349,7 @@ class Sender(Receiver):
         ):
             # The hot path, as in send_message: a small response is written at once from a
             # cached header (the ids are its only varying part); _general_response makes the
-            # very same bytes (test_sender proves it).
+            # very same bytes (test_packetizing proves it).
             parts = self._responses.get((size, expects_response))
             if parts is None:
                 header = response_header_packet(
