@@ -181,7 +181,8 @@ def test_every_connection_option_is_accepted() -> None:
     limits = _keyword_parameters(core / "_connection.py")
     assert options and limits
     assert options | limits == _OPTIONS
-    connect(HOST, 9, **dict.fromkeys(_OPTIONS, 1))  # accepted (not connected: never awaited)
+    every: dict[str, Any] = dict.fromkeys(_OPTIONS, 1)
+    connect(HOST, 9, **every)  # accepted (not connected: never awaited)
 
 
 def test_limits_given_to_connect_reach_the_connection(run: Any) -> None:
