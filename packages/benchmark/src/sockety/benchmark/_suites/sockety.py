@@ -132,7 +132,8 @@ class PacedClient(asyncio.Protocol):
     async def upload(self, body: bytes) -> int:
         assert self.transport is not None
         id = new_id()
-        reply = self.replies[id] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.replies[id] = reply
         self.core.send_message(id, "upload", body, expects_response=True)
         await write_paced(self.transport, [self.core.bytes_to_send()])
         return await reply
