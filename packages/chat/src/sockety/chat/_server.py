@@ -11,11 +11,12 @@ The seam (where a cluster layer plugs in): all the room's state and every fan-ou
   assigned (``payload["id"]``, one sequence for the room); ``key`` (the sender's own id for the
   message) makes a resend idempotent: a key seen before publishes nothing and returns the id it
   got the first time.
-- ``Room.deliver(member, outgoing)``: puts a message on that member's **bounded** outbox. A
-  member's pump writes its outbox, then its typing lines (coalesced: only the newest line of
-  each typist is written), and waits for the socket to take them; a member whose outbox fills
-  up, or whose socket takes nothing for ``stall`` seconds while messages wait, is disconnected
-  with that reason. Nobody else ever waits for it.
+- ``Room.deliver(member, outgoing)``: sends a message to a member, at once while its socket
+  takes what it is given, else onto its **bounded** outbox. A member's pump waits for the
+  socket, then writes the outbox and the typing lines (coalesced: only the newest line of each
+  typist is written); a member whose outbox fills up, or whose socket takes nothing for
+  ``stall`` seconds while messages wait, is disconnected with that reason. Nobody else ever
+  waits for it.
 - ``Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered for the
   room); ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
   piece by piece, only as fast as that receiver takes it (so one slow receiver holds nothing but
@@ -104,6 +105,7 @@ class Member:
         self._dirty: dict[_TypingRelay, None] = {}  # typing lines to write, in order
         self._writers: dict[_TypingRelay, tuple[StreamWriter, str]] = {}  # (stream, author)
         self._wake = asyncio.Event()
+        self._draining = False  # the pump waits for the socket: deliveries queue meanwhile
         self._pump = asyncio.get_running_loop().create_task(self._run())
 
     def __repr__(self) -> str:
@@ -114,15 +116,22 @@ class Member:
         return len(self._outbox)
 
     def deliver(self, outgoing: Outgoing) -> bool:
-        """Queues a message for this member; False (and the member is dropped) when its outbox
-        is full: it stopped reading."""
+        """Sends a message to this member: at once while its socket takes what it is given,
+        else onto its outbox. False (and the member is dropped) when the outbox is full: it
+        stopped reading."""
         if self.left:
             return False
-        if len(self._outbox) >= self._max_queued:
-            self.room.kick(self, f"not reading ({len(self._outbox)} messages waiting)")
-            return False
-        self._outbox.append(outgoing)
-        self._wake.set()
+        if self._draining or self._outbox:
+            if len(self._outbox) >= self._max_queued:
+                self.room.kick(self, f"not reading ({len(self._outbox)} messages waiting)")
+                return False
+            self._outbox.append(outgoing)
+        else:
+            try:
+                self.connection.send_nowait(outgoing)
+            except SocketyError:
+                return False  # closing: on_disconnect takes the member out
+        self._wake.set()  # the pump checks that the socket keeps up
         return True
 
     def typing_changed(self, relay: _TypingRelay) -> None:
@@ -131,10 +140,12 @@ class Member:
             self._wake.set()
 
     def stop(self) -> None:
+        """The pump ends by itself (cancelling it in drain() would hurt the connection's other
+        waiters, see _drain_within): at once if idle, else when the connection closes."""
         self.left = True
         self._outbox.clear()
         self._dirty.clear()
-        self._pump.cancel()
+        self._wake.set()
 
     async def _run(self) -> None:
         connection = self.connection
@@ -142,17 +153,20 @@ class Member:
             while not self.left:
                 await self._wake.wait()
                 self._wake.clear()
+                if self.left:
+                    return
                 while self._outbox:
                     connection.send_nowait(self._outbox.popleft())
                 dirty, self._dirty = self._dirty, {}
                 for relay in dirty:
                     self._write_typing(relay)
+                self._draining = True  # (only while drain() actually waits)
                 try:
-                    async with asyncio.timeout(self._stall):
-                        await connection.drain()
-                except TimeoutError:
-                    self.room.kick(self, f"not reading for {self._stall:g} s")
-                    return
+                    if not await _drain_within(connection, self._stall):
+                        self.room.kick(self, f"not reading for {self._stall:g} s")
+                        return
+                finally:
+                    self._draining = False
         except SocketyError:
             pass  # the connection closed: on_disconnect takes the member out
 
@@ -360,6 +374,28 @@ class Room:
         offer = Offer(self._next_offer, member, name, size, self.now())
         self.offers[offer.id] = offer
         return offer
+
+
+async def _drain_within(connection: Connection, limit: float) -> bool:
+    """``connection.drain()`` within ``limit`` seconds; False when it timed out.
+
+    Waiters of a connection share one progress future, so when another waiter on it is
+    cancelled (a file transfer aborted) this one sees a CancelledError that nobody asked for:
+    waiting goes on then, until the same deadline."""
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await connection.drain()
+            return True
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            if task.cancelling() or connection.closed:
+                raise
+            await asyncio.sleep(0.01)  # the future stays cancelled until the next write
 
 
 async def _close(connection: Connection) -> None:
@@ -595,6 +631,14 @@ class ChatServer:
         except SocketyError:
             return FastReply.INTERNAL_ERROR
         failure = await relay.watch(transfer)
+        if failure is _STALLED:
+            # Not transfer.abort(): while the transfer waits for the socket, that cancels the
+            # connection's shared progress future (see _drain_within). The receiver is gone
+            # for all purposes: it is dropped, which ends the transfer too.
+            self.room.kick(
+                member, f"took nothing of #{offer.id} {offer.name} for {self._stall:g} s"
+            )
+            return FastReply.INTERNAL_ERROR
         if failure:
             logger.warning("#%d %s to %s stopped: %s", offer.id, offer.name, member.name, failure)
             self.room.publish(
@@ -608,6 +652,9 @@ class ChatServer:
 
 class _RelayError(Exception):
     pass
+
+
+_STALLED = "the receiver took nothing"
 
 
 @dataclass(eq=False)
@@ -651,21 +698,19 @@ class _FileRelay:
             yield bytes(reply.data)
 
     async def watch(self, transfer: Transfer) -> str:
-        """Waits for the end of the transfer; aborts it when the receiver took nothing for
-        ``stall`` seconds. Returns why it failed ('' when it did not)."""
+        """Waits for the end of the transfer, or until the receiver took nothing for ``stall``
+        seconds. Returns why it failed ('' when it did not)."""
         loop = asyncio.get_running_loop()
         sent = asyncio.ensure_future(transfer.sent())
-        try:
-            while True:
-                left = self.last + self.stall - loop.time()
-                done, _ = await asyncio.wait({sent}, timeout=max(left, 0.05))
-                if done:
-                    error = sent.exception()
-                    if error is None:
-                        return ""
+        # Never cancelled: it would cancel the connection's shared progress future under the
+        # connection's other waiters (see _drain_within); it ends with the transfer.
+        sent.add_done_callback(lambda done: done.cancelled() or done.exception())
+        while True:
+            left = self.last + self.stall - loop.time()
+            done, _ = await asyncio.wait({sent}, timeout=max(left, 0.05))
+            if done:
+                if sent.cancelled() or sent.exception() is not None:
                     return self.failure or "the transfer failed"
-                if loop.time() - self.last >= self.stall:
-                    transfer.abort()
-                    return f"stopped: you took nothing for {self.stall:g} s"
-        finally:
-            sent.cancel()
+                return ""
+            if loop.time() - self.last >= self.stall:
+                return _STALLED
