@@ -100,9 +100,8 @@ class ChatInput(Input):
     scroll the log, and a multi-line paste is sent line by line."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("tab", "complete", "Complete @name", priority=True),
-        Binding("up", "history(-1)", "Previous line", show=False),
-        Binding("down", "history(1)", "Next line", show=False),
+        # (Shown in the footer; the keys are handled in _on_key, see there.)
+        Binding("tab", "complete", "Complete @name"),
         Binding("pageup", "scroll_log(-1)", "Scroll up", show=False),
         Binding("pagedown", "scroll_log(1)", "Scroll down", show=False),
     ]
@@ -124,13 +123,30 @@ class ChatInput(Input):
         self._browsing: int | None = None  # index into history while walking it
         self._draft = ""  # what was typed before walking the history
 
-    async def action_submit(self) -> None:
-        """Takes the line and clears the input *here*, before the next key is handled.
+    async def _on_key(self, event: events.Key) -> None:
+        """Enter, Tab and Up/Down act here, in the order keys arrive.
 
-        Why: ``Input.Submitted`` is handled later, by the app's message queue, while this
-        widget goes on handling the keys that follow (a burst, a paste through the terminal).
-        Clearing the input from the app's handler, as before, erased what had been typed
-        since, and lines were lost or ran together (``rapid 3rapid 4``)."""
+        Why: a key binding runs once the key has bubbled up to the app, later than this widget
+        handles the keys that follow it (``Input`` inserts printable keys in its own
+        ``_on_key``). In a burst (a fast typist, a paste through a terminal without bracketed
+        paste) the next line's characters landed before Enter took the line: lines ran
+        together (``rapid 3rapid 4``), and clearing the input afterwards lost some."""
+        key = event.key
+        if key == "enter":
+            await self.action_submit()
+        elif key == "tab":
+            self.action_complete()
+        elif key in ("up", "down"):
+            self.action_history(-1 if key == "up" else 1)
+        else:
+            return  # Input._on_key inserts it
+        event.stop()
+        event.prevent_default()
+
+    async def action_submit(self) -> None:
+        """Takes the line and clears the input *here*, before the next key is handled:
+        ``Input.Submitted`` is handled later, by the app, and clearing the input from there (as
+        before) erased what had been typed since."""
         value = self.value
         self.value = ""
         self._browsing = None
@@ -514,6 +530,8 @@ class ChatApp(App[None]):
     # -- events from the client ------------------------------------------------------------------
 
     def on_chat_event(self, event: ChatEvent) -> None:
+        if self._stopping is not None or not self.is_running:
+            return  # leaving: the screen is going away
         if isinstance(event, ChatMessage):
             self._chat_line(event)
         elif isinstance(event, PrivateMessage):
