@@ -282,12 +282,16 @@ class ChatApp(App[None]):
     #typing { height: auto; max-height: 5; padding: 0 2; color: $text-muted; }
     #typing.-empty { display: none; }
     #input { margin: 0 0; }
+    /* Notifications (mentions, private messages) at the top: never over what one types. */
+    ToastRack { dock: top; align: right top; margin-top: 1; margin-bottom: 0; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+g", "get", "Get the latest file"),
         Binding("ctrl+end", "follow", "Latest messages", show=False),
     ]
+    #: Seconds a mention's or private message's notification stays.
+    ALERT_TIMEOUT = 4.0
 
     def __init__(
         self,
@@ -525,7 +529,7 @@ class ChatApp(App[None]):
     def _alert(self, title: str, content: str) -> None:
         """A bell, and a notification that stays a few seconds."""
         self.bell()
-        self.notify(content[:120], title=title, timeout=4)
+        self.notify(content[:120], title=title, timeout=self.ALERT_TIMEOUT)
 
     # -- events from the client ------------------------------------------------------------------
 
