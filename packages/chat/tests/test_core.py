@@ -26,8 +26,8 @@ from sockety.chat import (
     SystemNotice,
     TypingChanged,
 )
-from sockety.chat._client import clean_leftovers
 from sockety.chat._cli import parse_address
+from sockety.chat._client import clean_leftovers
 from sockety.client import (
     Draft,
     FastReply,

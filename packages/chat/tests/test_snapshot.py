@@ -48,7 +48,8 @@ class SnapshotApp(ChatApp):
         self.bob = bob = ChatClient(HOST, self.port, name="bob", backoff=(0.05, 0.2))
         task = asyncio.get_running_loop().create_task(bob.run())
         self._tasks.add(task)
-        await until(lambda: bob.name == "bob" and "bob" in (self.client.users if self.client else ()))
+        await until(lambda: bob.name == "bob" and self.client is not None)
+        await until(lambda: self.client is not None and "bob" in self.client.users)
         await until(lambda: any("bob joined" in t for t in self.transcript), what="join line")
         return bob
 

@@ -12,7 +12,7 @@ import pytest
 
 from sockety.chat import ChatMessage, SystemNotice
 
-from ._helpers import HOST, Peer, digest, run, start_server, until
+from ._helpers import Peer, digest, run, start_server, until
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 

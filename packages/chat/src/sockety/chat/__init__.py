@@ -1,7 +1,7 @@
 """sockety.chat: a terminal chat on Sockety (the ``sockety-chat`` command).
 
-The UI-free parts are importable: :class:`ChatServer` (its :class:`Room` holds the state and fan-out)
-and :class:`ChatClient` (reconnects with backoff, reports typed events).
+The UI-free parts are importable: :class:`ChatServer` (its :class:`Room` holds the state and
+the fan-out) and :class:`ChatClient` (reconnects with backoff, reports typed events).
 """
 
 from ._client import (

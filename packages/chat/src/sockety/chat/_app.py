@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import signal
 import ssl as ssl_module
 import zlib
 from collections import deque
@@ -350,6 +352,9 @@ class ChatApp(App[None]):
         self.sub_title = "connecting…"
         self.query_one("#input", Input).focus()
         self.watch(self.query_one("#log", LogView), "following", self._following_changed)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            # The terminal closed: leave as with Ctrl+Q, so unfinished downloads are removed.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
         removed = await asyncio.to_thread(clean_leftovers)
         if removed:
             self.notice(f"removed {removed} unfinished download(s) of an earlier session")

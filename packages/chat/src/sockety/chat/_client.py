@@ -741,15 +741,16 @@ class ChatClient:
         part: Path | None = None
         out: BinaryIO | None = None
         try:
-            part, out = await asyncio.to_thread(_open_part, target, file.name)
+            opened, writer = await asyncio.to_thread(_open_part, target, file.name)
+            part, out = opened, writer
             async for chunk in source:
-                await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(writer.write, chunk)
                 file.received += len(chunk)
                 if loop.time() - last >= 0.05:  # progress at most 20 times a second
                     last = loop.time()
                     self._emit(FileUpdated(file))
-            await asyncio.to_thread(out.close)
-            file.saved_to = await asyncio.to_thread(_finish_part, part, target / file.name)
+            await asyncio.to_thread(writer.close)
+            file.saved_to = await asyncio.to_thread(_finish_part, opened, target / file.name)
             file.state = "saved"
         except (SocketyError, OSError) as error:
             file.state, file.error = "failed", describe_error(error)

@@ -150,7 +150,7 @@ class Member:
     async def _run(self) -> None:
         connection = self.connection
         try:
-            while not self.left:
+            while True:
                 await self._wake.wait()
                 self._wake.clear()
                 if self.left:
@@ -616,7 +616,8 @@ class ChatServer:
         if plain is None or not isinstance(plain[1], dict):
             return self._reject(message)
         member, data = plain
-        offer = self.room.offers.get(data.get("file"))  # type: ignore[arg-type]
+        number = data.get("file")
+        offer = self.room.offers.get(number) if isinstance(number, int) else None
         if offer is None or offer.owner is member:
             return FastReply.BAD_REQUEST
         relay = _FileRelay(offer, stall=self._stall)
