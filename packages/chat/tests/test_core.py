@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -293,8 +294,16 @@ def test_partial_downloads_of_a_killed_process_are_removed_at_start(
     mine = tmp_path / "somewhere" / ".mine.sockety-part"
     mine.write_bytes(b"y")
     (records / f"{os.getpid()}-{mine.name}").write_text(str(mine))
-    assert clean_leftovers() >= 1
-    assert not left.exists()
+    # An old version's spool folder: removed once nobody touched it for a day.
+    old_spool = Path(tempfile.gettempdir()) / "sockety-chat-abc123"
+    old_spool.mkdir()
+    (old_spool / "1-big.iso").write_bytes(b"z" * 1000)
+    recent_spool = Path(tempfile.gettempdir()) / "sockety-chat-def456"
+    recent_spool.mkdir()
+    os.utime(old_spool, (0, 0))
+    assert clean_leftovers() == 2
+    assert not left.exists() and not old_spool.exists()
+    assert recent_spool.exists()
     assert mine.exists()  # a live process's download is left alone
     assert sorted(r.name for r in records.iterdir()) == [f"{os.getpid()}-{mine.name}"]
 

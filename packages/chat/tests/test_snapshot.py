@@ -106,7 +106,9 @@ def test_reconnecting(snap_compare: Any, tmp_path: Path) -> None:
     app = SnapshotApp(tmp_path / "downloads", backoff=(30.0, 30.0))
 
     async def script(pilot: Pilot[None]) -> None:
-        await app.start_bob()
+        bob = await app.start_bob()
+        await bob.stop()  # (its retries would draw from the seeded jitter too)
+        await until(lambda: any("bob left" in t for t in app.transcript), what="bob leaves")
         assert app._server is not None
         await app._server.close()
         await until(lambda: any("reconnecting in" in t for t in app.transcript), what="lost")

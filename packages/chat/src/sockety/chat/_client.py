@@ -21,6 +21,7 @@ import shutil
 import socket
 import ssl as ssl_module
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -823,10 +824,13 @@ def clean_leftovers() -> int:
                     removed += 1
             with contextlib.suppress(OSError):
                 record.unlink()
-    # Versions before offers spooled every file into <tmp>/sockety-chat-*: never used now.
+    # Versions before offers spooled every file into <tmp>/sockety-chat-*, without saying
+    # which process: one untouched for a day is no running session's.
+    stale = time.time() - 86400
     with contextlib.suppress(OSError):
         for spool in Path(tempfile.gettempdir()).glob("sockety-chat-*"):
-            if spool.is_dir() and spool.stat().st_uid == os.getuid():
+            info = spool.stat()
+            if spool.is_dir() and info.st_uid == os.getuid() and info.st_mtime < stale:
                 shutil.rmtree(spool, ignore_errors=True)
                 removed += 1
     return removed

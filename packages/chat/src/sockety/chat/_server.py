@@ -417,7 +417,7 @@ class ChatServer:
         self,
         *,
         clock: Callable[[], datetime] = p.iso_now,
-        max_file_size: int = 1024**4,
+        max_file_size: int = 1024**3,
         close_timeout: float = 3.0,
         anon_name: Callable[[], str] | None = None,
         max_queued: int = 5000,
