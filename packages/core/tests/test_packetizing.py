@@ -243,3 +243,99 @@ def test_fast_paths_write_exactly_what_the_general_encoder_writes(
         assert fast.output_size == general.output_size
     assert fast.bytes_to_send() == general.bytes_to_send()
     assert fast.sending == general.sending
+
+
+def content_packet_sizes(wire: bytes) -> list[int]:
+    """The payload sizes of the Data, Stream and File packets in ``wire`` (after the connection
+    header), walking every packet by its type (PROTOCOL.md §3)."""
+    sizes = []
+    at = 0
+    while at < len(wire):
+        first = wire[at]
+        kind = PacketType(first >> 4)
+        if kind in (
+            PacketType.SWITCH_CHANNEL_LOW,
+            PacketType.STREAM_END,
+            PacketType.ABORT,
+            PacketType.HEARTBEAT,
+            PacketType.GO_AWAY,
+        ):
+            at += 1
+        elif kind is PacketType.SWITCH_CHANNEL_HIGH:
+            at += 2
+        elif kind is PacketType.FAST_REPLY_LOW:
+            at += 17
+        elif kind is PacketType.FAST_REPLY_HIGH:
+            at += 18
+        elif kind is PacketType.FILE_END:
+            at += 1 + (first & 3)
+        else:  # a size field follows: Message, Response, Continue, Stream, File, Data
+            width = 1 + (first >> 2 & 3)
+            size = int.from_bytes(wire[at + 1 : at + 1 + width], "little")
+            index_width = first & 3 if kind is PacketType.FILE else 0
+            at += 1 + width + index_width + size
+            if kind in (PacketType.STREAM, PacketType.FILE, PacketType.DATA):
+                sizes.append(size)
+    assert at == len(wire), "the walk ended inside a packet"
+    return sizes
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    max_packet_size=st.integers(1, 600),
+    messages=st.lists(
+        st.tuples(
+            st.integers(0, 3000),  # data
+            st.lists(st.integers(0, 3000), max_size=3),  # stream chunks
+            st.lists(st.integers(0, 3000), max_size=2),  # files
+            st.booleans(),  # a response rather than a message
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    budgets=st.lists(st.integers(1, 5000), max_size=5),
+)
+def test_no_content_packet_is_over_max_packet_size_and_everything_arrives(
+    max_packet_size: int,
+    messages: list[tuple[int, list[int], list[int], bool]],
+    budgets: list[int],
+) -> None:
+    sender, receiver = opened(max_packet_size), opened(4096)  # (both announce 4096 channels)
+    sent: dict[bytes, tuple[bytes, bytes, list[bytes]]] = {}
+    for number, (size, chunks, file_sizes, is_response) in enumerate(messages):
+        id = (number + 1).to_bytes(2, "big") * 8
+        data = PATTERN[number : number + size]
+        stream = [PATTERN[n : n + chunk] for n, chunk in enumerate(chunks)]
+        files = [PATTERN[n + 1 : n + 1 + file_size] for n, file_size in enumerate(file_sizes)]
+        names = [(f"f{n}", len(content)) for n, content in enumerate(files)]
+        if is_response:
+            sender.send_response(ID, id, data, files=names, stream=bool(chunks))
+        else:
+            sender.send_message(id, "m", data, files=names, stream=bool(chunks))
+        for chunk in stream:
+            sender.send_stream(id, chunk)
+        if chunks:
+            sender.end_stream(id)
+        for index, content in enumerate(files):
+            sender.send_file(id, index, content)
+            sender.end_file(id, index)
+        sent[id] = (data, b"".join(stream), files)
+    wire = b"".join(b"".join(sender.data_to_send(budget)) for budget in budgets)
+    wire += sender.bytes_to_send()
+    assert all(1 <= size <= max_packet_size for size in content_packet_sizes(wire))
+    got_data: dict[bytes, bytes] = {}
+    got_stream: dict[bytes, bytes] = {}
+    got_files: dict[tuple[bytes, int], bytes] = {}
+    for event in receiver.receive_data(wire):
+        if isinstance(event, MessageReceived | ResponseReceived):
+            got_data[event.id] = bytes(event.data)
+        elif isinstance(event, StreamChunkReceived):
+            got_stream[event.id] = got_stream.get(event.id, b"") + bytes(event.chunk)
+        elif isinstance(event, FileChunkReceived):
+            key = (event.id, event.file_index)
+            got_files[key] = got_files.get(key, b"") + bytes(event.chunk)
+    for id, (data, streamed, files) in sent.items():
+        assert got_data[id] == data
+        assert got_stream.get(id, b"") == streamed
+        for index, content in enumerate(files):
+            assert got_files.get((id, index), b"") == content
