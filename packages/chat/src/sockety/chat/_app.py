@@ -327,8 +327,8 @@ class ChatApp(App[None]):
         self._quitting: asyncio.Task[None] | None = None
         self._last_day: str | None = None
         self._unseen = 0
-        #: Every log line as plain text (what tests and screen readers look at).
-        self.transcript: list[str] = []
+        #: The log's lines as plain text, the latest 5000 (what tests and screen readers read).
+        self.transcript: deque[str] = deque(maxlen=5000)
 
     # -- layout ----------------------------------------------------------------------------------
 
