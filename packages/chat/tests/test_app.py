@@ -238,6 +238,10 @@ def test_500_lines_typed_in_a_burst_arrive_once_each_in_order(tmp_path: Path) ->
             assert app.client is not None
             await until(lambda: app.client is not None and app.client.pending == 0)
             assert not any("✗" in t for t in app.transcript)
+            # The log keeps the latest 500 entries.
+            log = app.query_one("#log", LogView)
+            await until(lambda: any("rapid 499" in t for t in app.transcript), what="echoes")
+            await until(lambda: len(log.children) == 500, what="the oldest entries gone")
         await server.close()
 
     run(main(), timeout=60)
