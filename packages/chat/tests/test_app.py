@@ -128,7 +128,7 @@ def test_files_are_offered_and_got_with_progress(tmp_path: Path) -> None:
         app = make_app(server.port, "alice", tmp_path / "a")
         async with (
             Peer(server.port, "bob", downloads=tmp_path / "bob") as bob,
-            app.run_test(size=(100, 30)) as pilot,
+            app.run_test(size=(100, 14)) as pilot,
         ):
             await joined(app, "alice")
             assert app.client is not None
@@ -153,6 +153,13 @@ def test_files_are_offered_and_got_with_progress(tmp_path: Path) -> None:
             await until(lambda: "saved to" in str(card.query_one(Static).render()), what="label")
             await pilot.pause()
             assert card.query_one(ProgressBar).progress == source.stat().st_size
+            # The card grew (its progress bar appeared, its label got longer) at the end of the
+            # log: its last row is in view, not cut off below.
+            log = app.query_one("#log", LogView)
+            await until(lambda: log.max_scroll_y > 0, what="a log taller than its view")
+            await until(
+                lambda: card.region.bottom == log.content_region.bottom, what="the end in view"
+            )
         await server.close()
 
     run(main(), timeout=40)
@@ -231,6 +238,10 @@ def test_500_lines_typed_in_a_burst_arrive_once_each_in_order(tmp_path: Path) ->
             assert app.client is not None
             await until(lambda: app.client is not None and app.client.pending == 0)
             assert not any("✗" in t for t in app.transcript)
+            # The log keeps the latest 500 entries.
+            log = app.query_one("#log", LogView)
+            await until(lambda: any("rapid 499" in t for t in app.transcript), what="echoes")
+            await until(lambda: len(log.children) == 500, what="the oldest entries gone")
         await server.close()
 
     run(main(), timeout=60)

@@ -483,3 +483,27 @@ def test_parse_address() -> None:
     assert parse_address("127.0.0.1:9001") == ("127.0.0.1", 9001)
     assert parse_address("example.org") == ("example.org", 9000)
     assert parse_address("[::1]:7000") == ("::1", 7000)
+
+
+def test_leaving_mid_download_leaves_nothing_behind(tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(32 * 1024 * 1024))
+
+    async def main() -> None:
+        server = await start_server()
+        async with Peer(server.port, "alice") as alice:
+            bob = Peer(server.port, "bob", downloads=tmp_path / "bob")
+            async with bob:
+                await alice.client.offer_file(source)
+                await until(lambda: 1 in bob.client.files, what="offer")
+                bob.client.get(1)
+                await until(lambda: bob.client.files[1].received > 0, what="arriving")
+                assert any(p.name.endswith(".sockety-part") for p in (tmp_path / "bob").iterdir())
+            # Bob quit mid-way: his partial file and its record are gone.
+            await until(lambda: bob.client.files[1].state == "failed", what="failed")
+            assert list((tmp_path / "bob").iterdir()) == []
+            records = tmp_path / "cache" / "sockety-chat" / "partial"
+            assert not records.exists() or list(records.iterdir()) == []
+        await server.close()
+
+    run(main())

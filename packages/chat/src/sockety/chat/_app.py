@@ -327,8 +327,9 @@ class ChatApp(App[None]):
         self._quitting: asyncio.Task[None] | None = None
         self._last_day: str | None = None
         self._unseen = 0
-        #: Every log line as plain text (what tests and screen readers look at).
-        self.transcript: list[str] = []
+        self._entries: deque[Static | FileCard] = deque()
+        #: The log's lines as plain text, the latest 5000 (what tests and screen readers read).
+        self.transcript: deque[str] = deque(maxlen=5000)
 
     # -- layout ----------------------------------------------------------------------------------
 
@@ -434,16 +435,19 @@ class ChatApp(App[None]):
             self._last_day = day
             separator = Static(Text(f"── {day} ──", "dim"))
             self.transcript.append(f"── {day} ──")
-            log.mount(separator)
+            self._mount_entry(log, separator)
         self.transcript.append(plain)
-        log.mount(widget)
-        children = log.children
-        while len(children) > _MAX_ENTRIES:
-            children[0].remove()
-            children = children[1:]
+        self._mount_entry(log, widget)
         if not log.following:
             self._unseen += 1
             self._show_below()
+
+    def _mount_entry(self, log: LogView, widget: Static | FileCard) -> None:
+        """Mounts an entry; the oldest goes past ``_MAX_ENTRIES`` (the log stays cheap)."""
+        self._entries.append(widget)
+        log.mount(widget)
+        if len(self._entries) > _MAX_ENTRIES:
+            self._entries.popleft().remove()
 
     def _following_changed(self, following: bool) -> None:
         if following:

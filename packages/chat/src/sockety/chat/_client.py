@@ -233,7 +233,7 @@ class ChatClient:
         backoff: tuple[float, float] = (0.5, 10.0),
         # Attempts in a row before giving up: with the default backoff, about two minutes once
         # we were connected; a first connection that keeps failing (a wrong address?) stops
-        # after ``first_attempts`` (about 8 s).
+        # after ``first_attempts`` (about 4 s: 3 waits).
         max_attempts: int = 15,
         first_attempts: int = 4,
         connect_timeout: float = 5.0,
