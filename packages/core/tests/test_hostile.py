@@ -607,7 +607,7 @@ VIOLATIONS: list[tuple[str, dict[str, Any], bytes, bytes, ProtocolErrorKind]] = 
         # Room for one exchange's bookkeeping and 10 bytes of data.
         {"max_buffered_bytes": EXCHANGE_COST + 10},
         OPEN + message(data_size=10) + data(b"12345") + data(b"67890"),
-        message(data_size=11) + data(b"1"),
+        message(data_size=11) + data(b"123456") + data(b"78901"),
         K.LIMIT_EXCEEDED,
     ),
     ("continue on idle channel", {}, OPEN, continue_packet(b"\x00"), K.UNEXPECTED_PACKET),

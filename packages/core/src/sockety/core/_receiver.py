@@ -380,10 +380,13 @@ class Receiver:
 
     # -- the budget ---------------------------------------------------------------------------
 
-    def _take(self, incoming: _Incoming, size: int) -> None:
+    def _take(self, incoming: _Incoming, size: int, ahead: bool = False) -> None:
         """Counts ``size`` more bytes held for ``incoming``; raises (counting nothing) past the
         connection's budget, past the pool's, or past twice what the peer sent plus UNEARNED
-        (the bookkeeping of open exchanges aside: the channel count bounds it)."""
+        (the bookkeeping of open exchanges aside: the channel count bounds it). Room ``ahead``
+        of the bytes that arrived (a data buffer grown before its bytes come) is limited to
+        once what the peer sent plus UNEARNED, so that the bytes that then fill other buffers
+        stay within twice."""
         held = self._held + size
         if held > self._max_buffered_bytes:
             raise self._violation(
@@ -391,7 +394,7 @@ class Receiver:
                 f"the peer would make us hold {held} bytes (headers, data, files being "
                 f"received), over max_buffered_bytes={self._max_buffered_bytes}",
             )
-        if held - self._open * EXCHANGE_COST > 2 * self._received + UNEARNED:
+        if held - self._open * EXCHANGE_COST > (1 if ahead else 2) * self._received + UNEARNED:
             raise self._violation(
                 K.LIMIT_EXCEEDED,
                 f"the peer would make us hold {held} bytes for the {self._received} it sent "
@@ -420,24 +423,24 @@ class Receiver:
 
     def _reserve(self, incoming: _Incoming, want: int) -> bytearray | None:
         """Room in the data buffer for ``want`` more bytes: the buffer grows to what the credit
-        allows (twice what the peer sent plus UNEARNED, less what we hold), never past the
-        declared size, and at least by ``want`` (bytes in hand always fit, or the budget
-        raises). With ``want`` 0 it grows only within the credit and never raises: None if
-        there is none."""
+        allows (what the peer sent plus UNEARNED, less what we hold), never past the declared
+        size, and at least by ``want``: bytes in hand always fit, or the budget raises. With
+        ``want`` 0 it grows only within the credit and never raises: None if there is none."""
         data = incoming.data
         have = len(data) if data is not None else 0
         offset = incoming.data_size - incoming.data_left
-        credit = 2 * self._received + UNEARNED - (self._held - self._open * EXCHANGE_COST)
-        size = min(incoming.data_size, max(offset + want, have + credit))
-        if want:
+        credit = self._received + UNEARNED - (self._held - self._open * EXCHANGE_COST)
+        need = offset + want  # what the bytes in hand need
+        size = min(incoming.data_size, max(need, have + credit))
+        if size <= offset:
+            return None
+        try:
+            self._take(incoming, size - have, ahead=True)
+        except RemoteProtocolError:
+            if not want:
+                return None
+            size = need  # no room ahead: just the bytes in hand, within twice what was sent
             self._take(incoming, size - have)
-        else:
-            if size <= offset:
-                return None
-            try:
-                self._take(incoming, size - have)
-            except RemoteProtocolError:
-                return None
         grown = data_buffer(size)
         if offset:
             assert data is not None
