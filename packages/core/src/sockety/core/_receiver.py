@@ -41,10 +41,11 @@ limited by ``max_header_size``; other packets stream their payload through).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from struct import Struct
 from typing import Any
 
-from ._budget import EXCHANGE_COST, FILE_COST, UNEARNED, MemoryPool
+from ._budget import AHEAD, EXCHANGE_COST, FILE_COST, UNEARNED, MemoryPool
 from ._buffers import data_buffer
 from ._errors import ProtocolErrorKind, RemoteProtocolError
 from ._events import (
@@ -81,6 +82,14 @@ _MESSAGE_START = Struct("<xBB16sB").unpack_from
 _DATA_START = Struct("<BBB").unpack_from
 _RESPONSE_WITH_DATA = Struct("<xBB16s16sBBB").unpack_from
 _RESPONSE_WITHOUT_DATA = Struct("<xBB16s16s").unpack_from
+
+
+def _released(buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    raise RemoteProtocolError(K.UNEXPECTED_PACKET, "input after the connection was released")
+
+
+_PacketHandler = Callable[[bytes, int, int, int, list[Any]], int]
+_RELEASED: tuple[_PacketHandler, ...] = (_released,) * 16
 
 
 class _Incomplete(Exception):
@@ -167,7 +176,7 @@ class Receiver:
         self._payload_kind = _DATA
         self._payload_index = 0
         self._payload_target: _Incoming | None = None
-        self._handlers = (
+        self._handlers: tuple[_PacketHandler, ...] = (
             self._on_switch_low,
             self._on_switch_high,
             self._on_message,
@@ -223,7 +232,10 @@ class Receiver:
 
     def release(self) -> None:
         """Forgets every unfinished exchange and gives what they held back to the pool (the
-        connection is gone). Idempotent."""
+        connection is gone: no more input is parsed). Idempotent."""
+        # The packet table holds bound methods, a reference cycle: without it the connection
+        # is freed by reference counting alone.
+        self._handlers = _RELEASED
         self._incoming = [None] * self._in_channels
         self._open = 0
         self._partial_headers = 0
@@ -385,7 +397,7 @@ class Receiver:
         connection's budget, past the pool's, or past twice what the peer sent plus UNEARNED
         (the bookkeeping of open exchanges aside: the channel count bounds it). Room ``ahead``
         of the bytes that arrived (a data buffer grown before its bytes come) is limited to
-        once what the peer sent plus UNEARNED, so that the bytes that then fill other buffers
+        once what the peer sent plus AHEAD, so that the bytes that then fill other buffers
         stay within twice."""
         held = self._held + size
         if held > self._max_buffered_bytes:
@@ -394,7 +406,8 @@ class Receiver:
                 f"the peer would make us hold {held} bytes (headers, data, files being "
                 f"received), over max_buffered_bytes={self._max_buffered_bytes}",
             )
-        if held - self._open * EXCHANGE_COST > (1 if ahead else 2) * self._received + UNEARNED:
+        allowed = self._received + AHEAD if ahead else 2 * self._received + UNEARNED
+        if held - self._open * EXCHANGE_COST > allowed:
             raise self._violation(
                 K.LIMIT_EXCEEDED,
                 f"the peer would make us hold {held} bytes for the {self._received} it sent "
@@ -423,13 +436,13 @@ class Receiver:
 
     def _reserve(self, incoming: _Incoming, want: int) -> bytearray | None:
         """Room in the data buffer for ``want`` more bytes: the buffer grows to what the credit
-        allows (what the peer sent plus UNEARNED, less what we hold), never past the declared
+        allows (what the peer sent plus AHEAD, less what we hold), never past the declared
         size, and at least by ``want``: bytes in hand always fit, or the budget raises. With
         ``want`` 0 it grows only within the credit and never raises: None if there is none."""
         data = incoming.data
         have = len(data) if data is not None else 0
         offset = incoming.data_size - incoming.data_left
-        credit = self._received + UNEARNED - (self._held - self._open * EXCHANGE_COST)
+        credit = self._received + AHEAD - (self._held - self._open * EXCHANGE_COST)
         need = offset + want  # what the bytes in hand need
         size = min(incoming.data_size, max(need, have + credit))
         if size <= offset:

@@ -361,6 +361,19 @@ class OperatedServer(Server):
 
     def __init__(self, handler: Handler | None, *, metrics: Any = None, **kwargs: Any) -> None:
         if metrics is not None:
-            kwargs.setdefault("on_refused", lambda connection: metrics.on_refused())
-            kwargs.setdefault("on_handshake_failed", metrics.on_handshake_failed)
+            refused = kwargs.pop("on_refused", None)
+            failed = kwargs.pop("on_handshake_failed", None)
+
+            def on_refused(connection: Connection) -> None:
+                metrics.on_refused()
+                if refused is not None:
+                    refused(connection)
+
+            def on_handshake_failed(connection: Connection) -> None:
+                metrics.on_handshake_failed(connection)
+                if failed is not None:
+                    failed(connection)
+
+            kwargs["on_refused"] = on_refused
+            kwargs["on_handshake_failed"] = on_handshake_failed
         super().__init__(handler, **kwargs)

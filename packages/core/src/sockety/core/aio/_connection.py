@@ -84,6 +84,35 @@ _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux
 # meanwhile); 1 MiB data, 4 MiB data and 1 MiB files as fast (within the runs' spread).
 _TLS_PACKET_SIZE = 64 * 1024
 _KNOWN_CODES = tuple(FastReply)
+
+
+def _closed_handler(event: object) -> None:
+    pass  # events that come after the connection closed (none should) are dropped
+
+
+_CLOSED_HANDLERS: dict[type, Callable[[Any], None]] = {
+    event_type: _closed_handler
+    for event_type in (
+        MessageReceived,
+        FastReplyReceived,
+        ResponseReceived,
+        StreamChunkReceived,
+        StreamEnded,
+        FileChunkReceived,
+        FileEnded,
+        Aborted,
+        HeartbeatReceived,
+        GoAwayReceived,
+        ConnectionOpened,
+        ConnectionClosed,
+    )
+}
+
+
+class _HandlersBusy(Exception):
+    """Raised out of an event handler when max_handlers handler tasks run (see _process)."""
+
+
 _KNOWN_COUNT = len(_KNOWN_CODES)
 
 
@@ -270,6 +299,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._read_paused = False
         self._backlog_paused = False  # reading paused because unread answers piled up
+        self._handlers_busy = False  # reading paused because max_handlers handlers run
         self._held_events: deque[Any] = deque()  # events waiting for that peer to read
         self._rx_buffered = 0
         self._last_rx = self._last_tx = self._opened_at = self._loop.time()
@@ -759,6 +789,7 @@ class Connection(asyncio.BufferedProtocol):
         limit = self._write_buffer_limit
         first = True
         written = self.bytes_sent
+        index = -1
         try:
             for index, event in enumerate(events):
                 handlers[type(event)](event)
@@ -784,6 +815,12 @@ class Connection(asyncio.BufferedProtocol):
                         self._backlog_paused = True
                         self._pause_reading()
                     break
+        except _HandlersBusy:
+            # As many handlers run as max_handlers allows: the rest of the events wait (in
+            # order), and so does reading, until one of them finishes (_task_done).
+            self._held_events.extend(events[index + 1 :])
+            self._handlers_busy = True
+            self._pause_reading()
         finally:
             self._in_receive = False
         self._write()
@@ -888,7 +925,7 @@ class Connection(asyncio.BufferedProtocol):
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
             if len(self._tasks) >= self._max_handlers:
-                self._pause_reading()  # until one of them finished
+                raise _HandlersBusy  # the next events wait until one of them finished
 
     async def _run_handler(self, message: Message, result: Awaitable[Any]) -> None:
         try:
@@ -908,6 +945,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        if self._handlers_busy and len(self._tasks) < self._max_handlers:
+            self._handlers_busy = False
+            held = list(self._held_events)
+            self._held_events.clear()
+            self._process(held)
         if self._read_paused:
             self._resume_reading()
         if self._closing:
@@ -1033,7 +1075,8 @@ class Connection(asyncio.BufferedProtocol):
             and self._transport is not None
             and len(self._inbox) < self._max_queued_messages
             and self._rx_buffered <= self._max_receive_buffer // 2
-            and len(self._tasks) < self._max_handlers
+            and not self._handlers_busy
+            and not self._held_events
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -1223,6 +1266,9 @@ class Connection(asyncio.BufferedProtocol):
             self._write_stall.cancel()
             self._write_stall = None
         self._core.release()  # what the peer made us hold goes back (to the pool too)
+        # The table of bound methods is the one reference cycle a connection has: dropped, the
+        # connection is freed by reference counting alone once the application lets go of it.
+        self._handlers = _CLOSED_HANDLERS
         self._held_events.clear()
         requests, self._requests = self._requests, {}
         for request in requests.values():
