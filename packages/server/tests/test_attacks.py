@@ -294,8 +294,9 @@ def test_pending_async_handlers_are_capped_and_reading_resumes_when_they_finish(
             close_pushed()
             figure(
                 f"{total} async handlers requested ({wrote / 2**20:.1f} MiB written): {cap} ran"
-                f" at once (max_handlers), reading paused meanwhile; {read / 1024:.0f} KiB "
-                f"read, held {held / 2**20:.2f} MiB ({held / cap:.0f} B per pending handler)"
+                f" at once (max_handlers), 1024 more waited (max_queued_messages), then reading"
+                f" paused; {read / 1024:.0f} KiB read, held {held / 2**20:.2f} MiB "
+                f"({held / cap:.0f} B per pending handler)"
             )
             assert held <= cap * 4096 + bound(read)
 

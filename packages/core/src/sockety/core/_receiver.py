@@ -159,6 +159,9 @@ class Receiver:
         self._max_files = max_files
         self._max_header_size = max_header_size
         self._max_buffered_bytes = max_buffered_bytes
+        # Declarations allowed beyond twice what the peer sent: UNEARNED, or more when
+        # max_files was raised (room for two messages with that many files).
+        self._unearned = max(UNEARNED, 2 * max_files * FILE_COST)
         self._error: RemoteProtocolError | None = None
         self._peer_channels = 0  # 0 until the peer's connection header is read
         self._pending = bytearray()  # unconsumed bytes of a partial packet
@@ -406,12 +409,12 @@ class Receiver:
                 f"the peer would make us hold {held} bytes (headers, data, files being "
                 f"received), over max_buffered_bytes={self._max_buffered_bytes}",
             )
-        allowed = self._received + AHEAD if ahead else 2 * self._received + UNEARNED
+        allowed = self._received + AHEAD if ahead else 2 * self._received + self._unearned
         if held - self._open * EXCHANGE_COST > allowed:
             raise self._violation(
                 K.LIMIT_EXCEEDED,
                 f"the peer would make us hold {held} bytes for the {self._received} it sent "
-                f"(over twice that plus {UNEARNED}): declarations without content",
+                f"(over twice that plus {self._unearned}): declarations without content",
             )
         pool = self._pool
         if pool is not None and not pool.take(size):

@@ -109,10 +109,6 @@ _CLOSED_HANDLERS: dict[type, Callable[[Any], None]] = {
 }
 
 
-class _HandlersBusy(Exception):
-    """Raised out of an event handler when max_handlers handler tasks run (see _process)."""
-
-
 _KNOWN_COUNT = len(_KNOWN_CODES)
 
 
@@ -299,7 +295,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._read_paused = False
         self._backlog_paused = False  # reading paused because unread answers piled up
-        self._handlers_busy = False  # reading paused because max_handlers handlers run
+        self._deferred: deque[Message] = deque()  # waiting for one of max_handlers to finish
         self._held_events: deque[Any] = deque()  # events waiting for that peer to read
         self._rx_buffered = 0
         self._last_rx = self._last_tx = self._opened_at = self._loop.time()
@@ -789,7 +785,6 @@ class Connection(asyncio.BufferedProtocol):
         limit = self._write_buffer_limit
         first = True
         written = self.bytes_sent
-        index = -1
         try:
             for index, event in enumerate(events):
                 handlers[type(event)](event)
@@ -815,12 +810,6 @@ class Connection(asyncio.BufferedProtocol):
                         self._backlog_paused = True
                         self._pause_reading()
                     break
-        except _HandlersBusy:
-            # As many handlers run as max_handlers allows: the rest of the events wait (in
-            # order), and so does reading, until one of them finishes (_task_done).
-            self._held_events.extend(events[index + 1 :])
-            self._handlers_busy = True
-            self._pause_reading()
         finally:
             self._in_receive = False
         self._write()
@@ -906,6 +895,20 @@ class Connection(asyncio.BufferedProtocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
+        if len(self._tasks) >= self._max_handlers:
+            # As many handlers run as max_handlers allows: this one starts when one of them
+            # finishes (_task_done). Its stream and files are received meanwhile, so that
+            # running handlers waiting for theirs behind it are never stopped; past
+            # max_queued_messages waiting, reading pauses.
+            self._deferred.append(message)
+            if data:
+                self._buffered(len(data))
+            if len(self._deferred) >= self._max_queued_messages:
+                self._pause_reading()
+            return
+        self._dispatch(handler, message)
+
+    def _dispatch(self, handler: Handler, message: Message) -> None:
         try:
             result = handler(message)
         except Exception as error:
@@ -914,18 +917,16 @@ class Connection(asyncio.BufferedProtocol):
         if result is None:
             return
         if type(result) is int or isinstance(result, int):
-            if expects_response and not message._answered:
+            if message.expects_response and not message._answered:
                 # message.fast_reply(), inlined: we are inside data_received, the flush follows.
                 message._answered = True
-                self._core.send_fast_reply(raw_id, result)
+                self._core.send_fast_reply(message._raw_id, result)
                 counts = self.fast_replies_sent
                 counts[result] = counts.get(result, 0) + 1
         elif inspect.isawaitable(result):
             task = self._loop.create_task(self._run_handler(message, result))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
-            if len(self._tasks) >= self._max_handlers:
-                raise _HandlersBusy  # the next events wait until one of them finished
 
     async def _run_handler(self, message: Message, result: Awaitable[Any]) -> None:
         try:
@@ -945,11 +946,13 @@ class Connection(asyncio.BufferedProtocol):
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if self._handlers_busy and len(self._tasks) < self._max_handlers:
-            self._handlers_busy = False
-            held = list(self._held_events)
-            self._held_events.clear()
-            self._process(held)
+        deferred = self._deferred
+        if deferred and self._handler is not None and self._error is None:
+            message = deferred.popleft()
+            if message.data:
+                self._rx_buffered -= len(message.data)
+            self._dispatch(self._handler, message)
+            self._schedule_flush()
         if self._read_paused:
             self._resume_reading()
         if self._closing:
@@ -1075,8 +1078,7 @@ class Connection(asyncio.BufferedProtocol):
             and self._transport is not None
             and len(self._inbox) < self._max_queued_messages
             and self._rx_buffered <= self._max_receive_buffer // 2
-            and not self._handlers_busy
-            and not self._held_events
+            and len(self._deferred) < self._max_queued_messages
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -1221,6 +1223,7 @@ class Connection(asyncio.BufferedProtocol):
             and not core.receiving
             and not self._requests
             and not self._tasks
+            and not self._deferred
             and not core._out
             and not core._chunks
         )
@@ -1270,6 +1273,7 @@ class Connection(asyncio.BufferedProtocol):
         # connection is freed by reference counting alone once the application lets go of it.
         self._handlers = _CLOSED_HANDLERS
         self._held_events.clear()
+        self._deferred.clear()
         requests, self._requests = self._requests, {}
         for request in requests.values():
             request._fail(error)
