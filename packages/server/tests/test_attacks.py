@@ -217,9 +217,7 @@ def test_declarations_cost_what_was_sent(name: str, attack: Callable[[], list[by
 def test_a_peer_that_never_reads_its_answers_is_paused_then_closed(pace: float) -> None:
     """One receive channel announced, then requests for 64 KiB answers, never read: reading
     pauses once the send backlog passes max_send_backlog, and write_timeout closes it."""
-    requests = [
-        message_header_packet(ident(n), b"big", 0, (), False, True) for n in range(10_000)
-    ]
+    requests = [message_header_packet(ident(n), b"big", 0, (), False, True) for n in range(10_000)]
     per_chunk = 50 if pace else 1000
     chunks = [b"\xe0"] + [
         b"".join(requests[i : i + per_chunk]) for i in range(0, len(requests), per_chunk)
@@ -350,7 +348,9 @@ def test_open_timeout_counts_from_the_accept_not_our_heartbeats() -> None:
             waited = time.monotonic() - began
             writer.close()
             assert watched.reason() == "open_timeout"
-            figure(f"silent peer, heartbeats every 0.1 s: closed (open_timeout) after {waited:.1f} s")
+            figure(
+                f"silent peer, heartbeats every 0.1 s: closed (open_timeout) after {waited:.1f} s"
+            )
             assert waited < 2.0
 
     ASYNCIO.run(main(), timeout=30)
@@ -430,7 +430,7 @@ def test_tls_admission_comes_before_the_handshake_which_has_a_deadline(
         await until(lambda: len(failed) >= 5)
         waited = time.monotonic() - began
         # A real client is served now that the silent ones are gone.
-        from sockety.client import Draft, connect  # noqa: PLC0415
+        from sockety.client import Draft, connect
 
         async with connect(HOST, server.port, ssl=client_ctx) as client:
             assert await client.request(Draft("ping")()) == FastReply.ACCEPT
@@ -462,7 +462,7 @@ def test_tls_admission_comes_before_the_handshake_which_has_a_deadline(
 
 
 def test_closed_connections_are_freed_without_the_cyclic_gc() -> None:
-    from sockety.client import Draft, connect  # noqa: PLC0415
+    from sockety.client import Draft, connect
 
     def live() -> int:
         return sum(1 for o in gc.get_objects() if isinstance(o, Connection))
@@ -536,7 +536,9 @@ def test_a_shared_memory_budget_bounds_the_sum_over_connections() -> None:
             # Each holds over 1 MiB of its unfinished message: past 3 MiB one is refused.
             await until(lambda: len(watched.closed) >= 1)
             assert server.memory is not None and server.memory.held <= 3 << 20
-            limited = [c for c in watched.closed if protocol_kind(c) is ProtocolErrorKind.LIMIT_EXCEEDED]
+            limited = [
+                c for c in watched.closed if protocol_kind(c) is ProtocolErrorKind.LIMIT_EXCEEDED
+            ]
             assert limited and "shared memory budget" in str(limited[0].close_reason)
             close_pushed()
             await until(lambda: len(watched.closed) == 4)

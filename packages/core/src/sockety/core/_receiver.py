@@ -314,10 +314,7 @@ class Receiver:
     def receive_eof(self) -> list[Any]:
         """The peer closed its side; reports whether that happened at a clean boundary."""
         clean = (
-            self._error is None
-            and not self._pending
-            and not self._payload_left
-            and not self._open
+            self._error is None and not self._pending and not self._payload_left and not self._open
         )
         return [ConnectionClosed(clean)]
 

@@ -24,8 +24,8 @@ import logging
 import socket
 import ssl
 from collections import deque
-from types import SimpleNamespace
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 from mypy_extensions import mypyc_attr
@@ -591,8 +591,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._write_paused and self._error is None:
             self._fail(
                 ConnectionLostError(
-                    f"the peer read nothing for {self._write_timeout:g} s while we had "
-                    "data for it",
+                    f"the peer read nothing for {self._write_timeout:g} s while we had data for it",
                     kind="write_timeout",
                 )
             )
