@@ -298,8 +298,8 @@ def _tls_protocol(loop: asyncio.AbstractEventLoop) -> Any:
     if type(loop).__module__.startswith("uvloop"):
         import uvloop.loop  # noqa: PLC0415 - only on uvloop
 
-        return uvloop.loop.SSLProtocol
-    return asyncio.sslproto.SSLProtocol  # type: ignore[attr-defined]
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    return asyncio.sslproto.SSLProtocol
 
 
 def _format(address: Any) -> str:
