@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from sockety.core import ConnectError, ConnectionClosedError
-from sockety.core.aio import Connection, Handler
+from sockety.core.aio import Connection, Handler, check_options
 
 __all__ = ["connect"]
 
@@ -37,6 +37,7 @@ class connect:  # used like a function, as websockets.connect is
         connect_timeout: float | None = 10.0,
         **options: Any,
     ) -> None:
+        check_options(options, "connect")
         self._host = host
         self._port = port
         if ssl is True:

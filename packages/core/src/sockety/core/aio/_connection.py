@@ -23,6 +23,7 @@ import inspect
 import logging
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
@@ -84,6 +85,8 @@ _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux
 # meanwhile); 1 MiB data, 4 MiB data and 1 MiB files as fast (within the runs' spread).
 _TLS_PACKET_SIZE = 64 * 1024
 _KNOWN_CODES = tuple(FastReply)
+# The protocol allows an empty action name (drafts do not: it is reserved for this).
+_PING = Outgoing(b"", b"", (), False)
 
 
 def _closed_handler(event: object) -> None:
@@ -370,6 +373,15 @@ class Connection(asyncio.BufferedProtocol):
     def channels(self) -> int:
         """How many channels we send on (min of ours and the peer's); 0 before the handshake."""
         return self._core.send_channels
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """The round-trip time to the peer, in seconds: a request for the empty action, which
+        sockety-py peers answer at once (Accept) before any handler (a peer that routes it to
+        a handler, e.g. as an unknown action, answers with whatever that returns). Raises
+        :class:`ResponseTimeoutError` after ``timeout`` seconds."""
+        began = time.perf_counter()
+        await self.request(_PING).response(timeout)
+        return time.perf_counter() - began
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -878,6 +890,14 @@ class Connection(asyncio.BufferedProtocol):
     def _on_message(self, event: MessageReceived) -> None:
         self.messages_received += 1
         _, raw_id, action, expects_response, has_stream, files, data = event
+        if not action and expects_response:  # ping(): answered here, at once
+            self._core.send_fast_reply(raw_id, FastReply.ACCEPT)
+            if has_stream or files:  # (not a ping of ours: whatever it carries is dropped)
+                ignored = Message(self, raw_id, expects_response, data)
+                ignored._attach(has_stream, files)
+                self._receiving[raw_id] = ignored
+                ignored.discard()
+            return
         message = Message(self, raw_id, expects_response, data)
         message.action = action
         if has_stream or files:
