@@ -208,7 +208,7 @@ def test_duplex_streams_complete_under_the_cli(
         cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
         cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
         args += ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
-        import ssl  # noqa: PLC0415
+        import ssl
 
         client_ssl = ssl.create_default_context()
         ca.configure_trust(client_ssl)

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=_port, default=0, help="embedded server port (0: free)")
     parser.add_argument("--name", type=_name, help="your name (else anon_<random>)")
-    parser.add_argument("--downloads", type=Path, help="where /save puts files")
+    parser.add_argument("--downloads", type=Path, help="where /get puts files")
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run a standalone chat server")
@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve TLS")
     serve.add_argument("--tls-key", type=Path, help="private key (PEM), if not in --tls-cert")
     serve.add_argument("--max-file-size", type=int, default=1024**3, help="bytes (1 GiB)")
+    serve.add_argument(
+        "--stall",
+        type=float,
+        default=30.0,
+        help="seconds a receiver may take nothing before it is dropped (30)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
     join = commands.add_parser("join", help="join a chat server")
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     join.add_argument("--tls", action="store_true", help="connect with TLS (verified)")
     join.add_argument("--tls-ca", type=Path, help="trust this CA file (implies --tls)")
-    join.add_argument("--downloads", type=Path, help="where /save puts files")
+    join.add_argument("--downloads", type=Path, help="where /get puts files")
     return parser
 
 
@@ -120,7 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
 
     async def serve() -> int:
-        chat = ChatServer(max_file_size=args.max_file_size)
+        chat = ChatServer(max_file_size=args.max_file_size, stall=args.stall)
         try:
             await chat.start(args.host, args.port, ssl=context)
         except OSError as error:

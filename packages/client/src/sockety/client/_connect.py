@@ -9,9 +9,17 @@ from types import TracebackType
 from typing import Any
 
 from sockety.core import ConnectError, ConnectionClosedError
-from sockety.core.aio import Connection, Handler, check_options
+from sockety.core.aio import OPTIONS, Connection, Handler, check_options
 
 __all__ = ["connect"]
+
+#: Every keyword ``sockety.core.aio.Connection`` takes, checked when ``connect`` is called: a
+#: misspelled one fails at once, not once the socket is open.
+_OPTIONS = OPTIONS
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    check_options(options, "connect")
 
 
 class connect:  # used like a function, as websockets.connect is
@@ -37,7 +45,7 @@ class connect:  # used like a function, as websockets.connect is
         connect_timeout: float | None = 10.0,
         **options: Any,
     ) -> None:
-        check_options(options, "connect")
+        _check_options(options)
         self._host = host
         self._port = port
         if ssl is True:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import inspect
 import logging
 import socket
@@ -150,14 +151,14 @@ OPTIONS = frozenset(
 
 
 def check_options(options: dict[str, Any], where: str = "Connection") -> None:
-    """Raises TypeError, naming them, for keywords that are not connection options (a
-    misspelled ``idle_timout=3`` fails at once, not on every connection later)."""
-    unknown = sorted(set(options) - OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"{where}() got unexpected keyword argument(s): {', '.join(unknown)} "
-            f"(connection options: {', '.join(sorted(OPTIONS))})"
-        )
+    """Raises TypeError for a keyword that is not a connection option (a misspelled
+    ``idle_timout=3`` fails when ``serve()``/``connect()`` is called, not on every connection
+    later), suggesting the closest one."""
+    for name in options:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
 
 
 # The server subclasses it (registration, metrics); compiled, that has to be allowed.
