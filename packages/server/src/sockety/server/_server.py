@@ -53,6 +53,9 @@ class Server:
         **options: Any,
     ) -> None:
         check_options(options, "serve")
+        # A peer that reads none of the answers its requests make: past this much output
+        # waiting for it, its requests wait in its own socket (see Connection).
+        options.setdefault("max_send_backlog", 4 * 1024 * 1024)
         self._handler = handler
         self._ssl = ssl
         self._on_connect = on_connect

@@ -227,9 +227,10 @@ class Connection(asyncio.BufferedProtocol):
         write_buffer_limit: int = 64 * 1024,
         # Output waiting for a peer that does not read (answers, queued data; in the transport
         # and the core) past which reading pauses until it reads again: its requests then wait
-        # in its own socket buffers, not in our memory. Paced producers (streams and files
-        # that drain()) stay far below it, so two peers streaming both ways never both stop.
-        max_send_backlog: int = 4 * 1024 * 1024,
+        # in its own socket buffers, not in our memory. Servers set it (serve(): 4 MiB); None
+        # here, for clients: were both peers to stop reading while each one's own requests
+        # wait to be written, neither would ever write again.
+        max_send_backlog: int | None = None,
         # Bytes a stream writer may queue before drain() waits.
         stream_buffer_limit: int = 512 * 1024,
         # The sans-IO limits: see sockety.core.Connection for what each bounds and why.
@@ -826,7 +827,8 @@ class Connection(asyncio.BufferedProtocol):
             self._in_receive = False
         self._write()
         if self._write_paused:
-            if not self._backlog_paused and self.send_backlog > self._max_send_backlog:
+            backlog = self._max_send_backlog
+            if backlog is not None and not self._backlog_paused and self.send_backlog > backlog:
                 # The peer does not read what its requests made us write: stop reading them
                 # until it does (resume_writing), so that answers stop piling up here.
                 self._backlog_paused = True
