@@ -92,6 +92,10 @@ _PacketHandler = Callable[[bytes, int, int, int, list[Any]], int]
 _RELEASED: tuple[_PacketHandler, ...] = (_released,) * 16
 
 
+class _NoCredit(Exception):
+    """Inside ``_reserve``: not enough credit to grow a data buffer ahead of its bytes."""
+
+
 class _Incomplete(Exception):
     """Raised inside the header parser when more header bytes are needed; ``args[0]`` is the
     header length to wait for before parsing again (so a header trickling in through many small
@@ -435,25 +439,36 @@ class Receiver:
             self._give(incoming, incoming.held)
 
     def _reserve(self, incoming: _Incoming, want: int) -> bytearray | None:
-        """Room in the data buffer for ``want`` more bytes: the buffer grows to what the credit
-        allows (what the peer sent plus AHEAD, less what we hold), never past the declared
-        size, and at least by ``want``: bytes in hand always fit, or the budget raises. With
-        ``want`` 0 it grows only within the credit and never raises: None if there is none."""
+        """Room in the data buffer for ``want`` more bytes (the bytes in hand). The buffer
+        grows at once to what the credit allows (what the peer sent plus AHEAD, less what we
+        hold), never past the declared size; without that much credit it doubles what it will
+        hold (within twice what was sent: every byte in it arrived), or takes just the bytes in
+        hand; past the budget that raises. With ``want`` 0 (room for bytes still to come) it
+        grows only within the credit, never raises, and returns None if there is none."""
         data = incoming.data
         have = len(data) if data is not None else 0
         offset = incoming.data_size - incoming.data_left
+        size = incoming.data_size
+        need = offset + want
         credit = self._received + AHEAD - (self._held - self._open * EXCHANGE_COST)
-        need = offset + want  # what the bytes in hand need
-        size = min(incoming.data_size, max(need, have + credit))
-        if size <= offset:
-            return None
+        ahead = min(size, have + credit)
         try:
-            self._take(incoming, size - have, ahead=True)
-        except RemoteProtocolError:
+            if ahead >= min(size, 2 * need) and ahead > offset:
+                self._take(incoming, ahead - have, ahead=True)
+                size = ahead
+            elif not want:
+                return None
+            else:
+                raise _NoCredit
+        except (RemoteProtocolError, _NoCredit):
             if not want:
                 return None
-            size = need  # no room ahead: just the bytes in hand, within twice what was sent
-            self._take(incoming, size - have)
+            size = min(size, 2 * need)  # doubling: copies stay linear in the data's size
+            try:
+                self._take(incoming, size - have)
+            except RemoteProtocolError:
+                size = need
+                self._take(incoming, size - have)
         grown = data_buffer(size)
         if offset:
             assert data is not None
