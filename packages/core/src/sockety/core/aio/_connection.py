@@ -845,13 +845,9 @@ class Connection(asyncio.BufferedProtocol):
         # for it fails now.
         self._peer_eof = True
         self._core.release()
-        error = ConnectionLostError("the peer shut its side of the connection", kind="lost")
-        requests, self._requests = self._requests, {}
-        for request in requests.values():
-            request._fail(error)
-        receiving, self._receiving = self._receiving, {}
-        for incoming in receiving.values():
-            incoming._abort(error)
+        self._fail_waiting(
+            ConnectionLostError("the peer shut its side of the connection", kind="lost")
+        )
         if not self._closing:
             self._close_task = self._loop.create_task(self.close())
         return True
@@ -1277,6 +1273,15 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._shutdown()
 
+    def _fail_waiting(self, error: ConnectionClosedError) -> None:
+        """Fails what waits for the peer: our requests, and the streams and files coming."""
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            request._fail(error)
+        receiving, self._receiving = self._receiving, {}
+        for incoming in receiving.values():
+            incoming._abort(error)
+
     def _shutdown(self) -> None:
         """Fails everything that is still pending with the close reason."""
         error = self._error
@@ -1296,12 +1301,7 @@ class Connection(asyncio.BufferedProtocol):
         self._handlers = _CLOSED_HANDLERS
         self._held_events.clear()
         self._deferred.clear()
-        requests, self._requests = self._requests, {}
-        for request in requests.values():
-            request._fail(error)
-        receiving, self._receiving = self._receiving, {}
-        for incoming in receiving.values():
-            incoming._abort(error)
+        self._fail_waiting(error)
         for task in [*self._pumps, *self._tasks]:
             task.cancel()
         for future in (self._progress, self._idle_waiter, self._inbox_waiter):
