@@ -37,7 +37,6 @@ ERRORS = {
     "SocketyError",
 }
 OWN = {
-    "OperatedServer",
     "Server",
     "ServerMetrics",
     "ServerObserver",

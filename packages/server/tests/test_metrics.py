@@ -367,11 +367,6 @@ def test_every_close_reason_is_counted(tcp: Net) -> None:
 HEADER = CoreConnection().bytes_to_send()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs issue #18's server change (TLS handshake inside the server, so that it sees "
-    "a failed one and calls ServerObserver.on_handshake_failed); remove this mark then",
-)
 def test_tls_handshake_failures_are_counted(ca: Any) -> None:
     """A client that fails the TLS handshake (it does not trust the server's certificate)."""
     import ssl
@@ -382,16 +377,23 @@ def test_tls_handshake_failures_are_counted(ca: Any) -> None:
     metrics = ServerMetrics()
 
     async def main() -> None:
-        server = await serve(Router(), HOST, 0, ssl=server_context, observer=metrics)
+        failed = asyncio.Event()
+        server = await serve(
+            Router(),
+            HOST,
+            0,
+            ssl=server_context,
+            observer=metrics,
+            on_handshake_failed=lambda connection: failed.set(),
+        )
         with pytest.raises(ConnectError):
             await connect(HOST, server.port, ssl=untrusting, connect_timeout=5)
-        failures = "sockety_server_tls_handshake_failures_total"
-        for _ in range(1000):  # loop turns for the server to see the alert
-            if metrics.registry.get_sample_value(failures):
-                break
-            await asyncio.sleep(0)
+        await failed.wait()
         await server.close()
+        failures = "sockety_server_tls_handshake_failures_total"
         assert metrics.registry.get_sample_value(failures) == 1
+        closed = "sockety_server_connections_closed_total"
+        assert metrics.registry.get_sample_value(closed, {"reason": "tls_error"}) == 1
         assert metrics.registry.get_sample_value("sockety_server_open_connections") == 0
 
     Net("asyncio", True, server_context, None).run(main())

@@ -29,7 +29,6 @@ from sockety.core.aio import (
     run,
 )
 
-from ._guarded import OperatedServer
 from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
 from ._observer import ServerObserver
 from ._server import Server, serve
@@ -45,7 +44,6 @@ __all__ = [
     "FileTransfer",
     "GoingAwayError",
     "Message",
-    "OperatedServer",
     "ReceivedFile",
     "RemoteProtocolError",
     "Request",

@@ -87,6 +87,7 @@ CLOSE_REASONS = (
     "open_timeout",
     "refused",
     "write_timeout",
+    "header_timeout",
     "other",
 )
 #: Fast-reply outcomes: the six conventional codes by name, application codes as "other".
@@ -318,8 +319,12 @@ class ServerMetrics(ServerObserver):
         self.connections_opened.inc()
         self.connections_closed.labels("refused").inc()
 
-    def on_handshake_failed(self, peer: Any, error: BaseException) -> None:
+    def on_handshake_failed(self, peer: Any, error: BaseException | None) -> None:
+        """An accepted connection whose TLS handshake failed or timed out (never opened for
+        Sockety, so it is counted as opened and closed with reason ``tls_error``)."""
         self.tls_handshake_failures.inc()
+        self.connections_opened.inc()
+        self.connections_closed.labels("tls_error").inc()
 
     def _fold(self, connection: Connection, last: list[Any]) -> None:
         """Adds what a connection's counters gained since ``last`` (updated in place)."""

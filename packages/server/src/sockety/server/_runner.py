@@ -15,7 +15,6 @@ from typing import Any
 
 from sockety.core.aio import Connection, Handler, loop_factory
 
-from ._guarded import OperatedServer
 from ._server import Server
 
 __all__ = ["log_closed", "run_worker", "tls_context"]
@@ -76,9 +75,14 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
     options: dict[str, Any] = {
         "ssl": context,
         "max_connections": args.max_connections,
+        "max_memory": args.max_memory,
         "on_disconnect": disconnected,
-        "idle_timeout": args.timeout,
+        "idle_timeout": args.idle_timeout,
+        # One deadline for every wait on the peer: the TLS handshake and connection header
+        # (from the accept), each header, and writes it leaves blocked.
         "open_timeout": args.timeout,
+        "header_timeout": args.timeout,
+        "write_timeout": args.timeout,
         "heartbeat_interval": args.heartbeat,
         "close_timeout": args.grace,
         **limits,
@@ -89,7 +93,7 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
 
         metrics = ServerMetrics(loop_name=loop_name)
         options["observer"] = metrics
-    server: Server = OperatedServer(handler, write_timeout=args.timeout, **options)
+    server = Server(handler, **options)
     try:
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
