@@ -141,7 +141,7 @@ def test_a_half_closed_peer_still_gets_every_answer_then_a_clean_close(tcp: Net)
     replies = [n for n in range(count) if b"\x30" + n.to_bytes(16, "little") in received]
     assert len(replies) == count  # every answer (fast reply 0: 0x30 + id)
     reason = closed[0].close_reason
-    assert reason is not None and reason.kind == "closed"
+    assert reason is not None and reason.kind == "closed_by_peer"  # it shut its side first
 
 
 def test_ping_measures_the_round_trip_and_state_is_the_applications(net: Net) -> None:

@@ -359,7 +359,16 @@ def test_every_close_reason_is_counted(tcp: Net) -> None:
         "protocol_error": 1,
         "lost": 1,
         **dict.fromkeys(
-            ["grace_timeout", "tls_error", "idle_timeout", "refused", "write_timeout", "other"], 0
+            [
+                "grace_timeout",
+                "tls_error",
+                "idle_timeout",
+                "refused",
+                "write_timeout",
+                "header_timeout",
+                "other",
+            ],
+            0,
         ),
     }
 

@@ -134,7 +134,7 @@ class Server:
         if self._on_connect is not None:
             self._on_connect(connection)
 
-    def _handshake_failed(self, connection: _ServerConnection, error: BaseException | None) -> None:
+    def _handshake_failed(self, connection: _ServerConnection) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
             logger.info(
@@ -142,8 +142,9 @@ class Server:
                 _format(connection.remote_address),
                 connection.close_reason,
             )
-            if self._observer is not None:
-                self._observer.on_handshake_failed(connection.remote_address, error)
+            reason = connection.close_reason
+            if self._observer is not None and reason is not None:
+                self._observer.on_handshake_failed(connection.remote_address, reason)
             if self._on_handshake_failed is not None:
                 self._on_handshake_failed(connection)
 
@@ -306,7 +307,7 @@ class _ServerConnection(Connection):
             )
         )
         self._shutdown()  # (never connected: nothing pending but its futures)
-        self._server._handshake_failed(self, error)
+        self._server._handshake_failed(self)
 
     async def close(self, timeout: float | None = None) -> None:
         # The peer's Go Away makes the connection close itself, with going_away already set.

@@ -308,6 +308,7 @@ class Connection(asyncio.BufferedProtocol):
         self._header_since = 0.0
         self._write_stall: asyncio.TimerHandle | None = None
         self._peer_eof = False  # the peer shut its side down (we may still answer)
+        self._eof_clean = True  # ... at a clean boundary (the core's ConnectionClosed.clean)
         self._closing = False
         self._error: ConnectionClosedError | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -837,7 +838,9 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def eof_received(self) -> bool:
-        self._core.receive_eof()
+        ended = self._core.receive_eof()
+        # The core says whether the stream ended at a boundary (ConnectionClosed.clean).
+        self._eof_clean = bool(ended) and bool(ended[0].clean)
         if not self._tasks or self._error is not None or self.tls:  # (TLS cannot half-close)
             return False
         # The peer shut its side down after its requests: their running handlers still
@@ -864,6 +867,8 @@ class Connection(asyncio.BufferedProtocol):
                         kind="tls_error" if tls else "lost",
                     )
                 )
+            elif self._peer_eof:
+                self._set_error(self._peer_shut_down())
             elif self._closing and self._core.idle and not self._requests:
                 self._set_error(ConnectionClosedError("connection closed"))
             elif self._core.idle and not self._requests and not self._receiving:
@@ -1223,7 +1228,11 @@ class Connection(asyncio.BufferedProtocol):
                         )
                     )
             if not self.closed:  # (the property: the grace period may have closed it)
-                self._set_error(ConnectionClosedError("connection closed"))
+                self._set_error(
+                    self._peer_shut_down()
+                    if self._peer_eof
+                    else ConnectionClosedError("connection closed")
+                )
         transport = self._transport
         if transport is not None:
             transport.close()
@@ -1233,6 +1242,15 @@ class Connection(asyncio.BufferedProtocol):
             except TimeoutError:
                 transport.abort()
         await asyncio.shield(self._closed)
+
+    def _peer_shut_down(self) -> ConnectionClosedError:
+        """The close reason once the peer shut its side down first and we answered what we
+        could: by the peer, or lost if its stream ended inside an exchange."""
+        if self._eof_clean:
+            return ConnectionClosedError("connection closed by the peer", kind="closed_by_peer")
+        return ConnectionLostError(
+            "the peer shut its side of the connection during an exchange", kind="lost"
+        )
 
     def _is_idle(self) -> bool:
         core = self._core
