@@ -29,9 +29,8 @@ from sockety.core.aio import (
     run,
 )
 
-from ._guarded import OperatedServer
 from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
-from ._server import Server, serve
+from ._server import OperatedServer, Server, serve
 
 __all__ = [
     "AbortedError",

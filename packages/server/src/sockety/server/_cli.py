@@ -28,6 +28,8 @@ LIMITS = (
     "max_buffered_bytes",
     "max_receive_buffer",
     "max_queued_messages",
+    "max_handlers",
+    "max_send_backlog",
     "write_buffer_limit",
 )
 
@@ -74,10 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     conns.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
+        default=10.0,
         metavar="SECONDS",
-        help="close a peer that sent nothing (not even its header or a heartbeat), or read "
-        "none of our answers, for this long (default: 30)",
+        help="deadline for the TLS handshake and the peer's connection header (from the "
+        "accept), for each header it starts, and for writes it leaves blocked by reading "
+        "nothing (default: 10)",
+    )
+    conns.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="close a peer that sent nothing, not even a heartbeat, for this long (default: "
+        "120, well over the 45 s heartbeat of the Node.js reference)",
     )
     conns.add_argument(
         "--heartbeat",
@@ -96,8 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     conns.add_argument(
         "--max-connections",
         type=int,
+        default=1024,
         metavar="N",
-        help="refuse connections beyond this many (per worker)",
+        help="refuse connections beyond this many, before any TLS handshake (per worker; "
+        "default: 1024)",
+    )
+    conns.add_argument(
+        "--max-memory",
+        type=int,
+        metavar="BYTES",
+        help="what all connections together may hold for their peers (per worker; default: "
+        "no shared limit, each connection has its own max_buffered_bytes)",
     )
     conns.add_argument(
         "--limit",

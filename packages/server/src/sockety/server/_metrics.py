@@ -36,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sockety.core import FastReply, ProtocolErrorKind, RemoteProtocolError
 from sockety.core.aio import Connection, Handler, Message
 
-from ._guarded import OperatedServer
+from ._server import OperatedServer
 
 __all__ = ["ServerMetrics", "multiprocess_registry", "serve_metrics"]
 
@@ -77,6 +77,7 @@ CLOSE_REASONS = (
     "open_timeout",
     "refused",
     "write_timeout",
+    "header_timeout",
 )
 #: Fast-reply outcomes: the six conventional codes by name, application codes as "other".
 OUTCOMES: dict[int, str] = {code.value: code.name.lower() for code in FastReply}
@@ -281,6 +282,11 @@ class ServerMetrics:
         self.connections_opened.inc()
         self.connections_closed.labels("refused").inc()
 
+    def on_handshake_failed(self, connection: Connection) -> None:
+        """A connection accepted whose TLS handshake failed or timed out."""
+        self.connections_opened.inc()
+        self.connections_closed.labels("tls_error").inc()
+
     def _fold(self, connection: Connection, last: list[Any]) -> None:
         """Adds what a connection's counters gained since ``last`` (updated in place)."""
         rx, tx, responses = (
@@ -327,8 +333,8 @@ class ServerMetrics:
 
     def server(self, handler: Handler | None, **kwargs: Any) -> OperatedServer:
         """A server (not started) whose handler and connections are metered: an
-        ``OperatedServer`` (see ``_guarded``). Takes the arguments of ``Server`` and
-        ``write_timeout``; ``on_connect``/``on_disconnect`` given here run too."""
+        ``OperatedServer``. Takes the arguments of ``Server``; ``on_connect``/``on_disconnect``
+        given here run too."""
         user_connect = kwargs.pop("on_connect", None)
         user_disconnect = kwargs.pop("on_disconnect", None)
 
@@ -352,11 +358,8 @@ class ServerMetrics:
 
 
 def _add_channels(connection: Connection, receiving: int, sending: int) -> tuple[int, int]:
-    # The core counts unfinished exchanges; its ``receiving`` property walks all 4096 slots in
-    # Python, so count the free slots in C instead (list.count).
     core = connection._core
-    slots: list[Any] = core._incoming
-    return receiving + len(slots) - slots.count(None), sending + core.sending
+    return receiving + core.receiving, sending + core.sending
 
 
 async def _timed(result: Awaitable[Any], observe: Callable[[float], None], start: float) -> Any:

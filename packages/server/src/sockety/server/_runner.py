@@ -15,8 +15,7 @@ from typing import Any
 
 from sockety.core.aio import Connection, Handler, loop_factory
 
-from ._guarded import OperatedServer
-from ._server import Server
+from ._server import OperatedServer, Server
 
 __all__ = ["log_closed", "run_worker", "tls_context"]
 
@@ -75,9 +74,14 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
     options: dict[str, Any] = {
         "ssl": context,
         "max_connections": args.max_connections,
+        "max_memory": args.max_memory,
         "on_disconnect": disconnected,
-        "idle_timeout": args.timeout,
+        "idle_timeout": args.idle_timeout,
+        # One deadline for every wait on the peer: the TLS handshake and connection header
+        # (from the accept), each header, and writes it leaves blocked.
         "open_timeout": args.timeout,
+        "header_timeout": args.timeout,
+        "write_timeout": args.timeout,
         "heartbeat_interval": args.heartbeat,
         "close_timeout": args.grace,
         **limits,
@@ -87,9 +91,9 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
         from ._metrics import ServerMetrics  # noqa: PLC0415 - prometheus only when asked
 
         metrics = ServerMetrics(loop_name=loop_name)
-        server: Server = metrics.server(handler, write_timeout=args.timeout, **options)
+        server: Server = metrics.server(handler, **options)
     else:
-        server = OperatedServer(handler, write_timeout=args.timeout, **options)
+        server = OperatedServer(handler, **options)
     try:
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
