@@ -379,6 +379,16 @@ class Connection(asyncio.BufferedProtocol):
         return self._error
 
     @property
+    def writing_paused(self) -> bool:
+        """Whether our output waits for the peer to read (the transport's buffer is full)."""
+        return self._write_paused
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether we stopped reading the peer (flow control: its bytes wait in its socket)."""
+        return self._read_paused
+
+    @property
     def pending_requests(self) -> int:
         """Requests still waiting for their first reply."""
         return len(self._requests)
@@ -603,7 +613,8 @@ class Connection(asyncio.BufferedProtocol):
             progress = self._progress
             if progress is not None:
                 self._progress = None
-                progress.set_result(None)
+                if not progress.done():
+                    progress.set_result(None)
         if self._closing:
             self._check_idle()
 
@@ -646,9 +657,11 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_handle = self._loop.call_soon(self._flush)
 
     async def _next_progress(self) -> None:
+        # One future for every waiter, shielded: a waiter cancelled (its transfer given up)
+        # must not cancel it for the others.
         if self._progress is None:
             self._progress = self._loop.create_future()
-        await self._progress
+        await asyncio.shield(self._progress)
 
     async def drain(self) -> None:
         """Waits while the transport's write buffer is over its limit (the peer reads slower
