@@ -251,6 +251,7 @@ class _ServerConnection(Connection):
         self.announced = False
         self._tls_started = False
         self._closed_here = False  # close() called before any Go Away: this side closed
+        self._peer_ended = False  # the peer shut its side down (a half-close) first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Admission first: a refused peer gets no Sockety header (nor a TLS handshake), so its
@@ -309,10 +310,15 @@ class _ServerConnection(Connection):
         self._server._handshake_failed(self, error)
 
     async def close(self, timeout: float | None = None) -> None:
-        # The peer's Go Away makes the connection close itself, with going_away already set.
-        if not self.going_away:
+        # The peer's Go Away makes the connection close itself, with going_away already set;
+        # so does the peer shutting its side down (eof_received, below).
+        if not self.going_away and not self._peer_ended:
             self._closed_here = True
         await super().close(timeout)
+
+    def eof_received(self) -> bool:
+        self._peer_ended = True
+        return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
