@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import struct
 import urllib.error
 import urllib.request
 from typing import Any
@@ -332,15 +333,32 @@ def test_every_close_reason_is_counted(tcp: Net) -> None:
         assert await closed() == "protocol_error"
         writer.close()
 
-        # The peer goes in the middle of an exchange (a message whose stream never ends).
-        reader, writer = await asyncio.open_connection(HOST, server.port)
-        peer = CoreConnection()
-        writer.write(peer.bytes_to_send())
-        peer.receive_data(await reader.readexactly(len(HEADER)))  # the server's header
-        peer.send_message(new_id(), "upload", b"", stream=True)
-        writer.write(peer.bytes_to_send())
-        await reading.wait()
+        async def mid_exchange() -> asyncio.StreamWriter:
+            """A peer with a message whose stream never ends, its handler reading it."""
+            reading.clear()
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            peer = CoreConnection()
+            writer.write(peer.bytes_to_send())
+            peer.receive_data(await reader.readexactly(len(HEADER)))  # the server's header
+            peer.send_message(new_id(), "upload", b"", stream=True)
+            writer.write(peer.bytes_to_send())
+            await reading.wait()
+            return writer
+
+        # It shuts its side down (FIN) inside the exchange: the stream can never end, so the
+        # connection is lost (the core's ConnectionClosed.clean is False). A half-close after
+        # whole requests is the peer's clean close: see test_connection_rules.
+        writer = await mid_exchange()
+        writer.write_eof()
+        assert await closed() == "lost"
         writer.close()
+
+        # It resets the connection (RST): lost.
+        writer = await mid_exchange()
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
         assert await closed() == "lost"
         await server.close()
         for family in metrics.registry.collect():
@@ -352,20 +370,20 @@ def test_every_close_reason_is_counted(tcp: Net) -> None:
 
     tcp.run(main())
     assert counted == {
-        "opened": 5,
+        "opened": 6,
         "closed_by_peer": 1,
         "closed": 1,
         "open_timeout": 1,
         "protocol_error": 1,
-        "lost": 1,
+        "lost": 2,
         **dict.fromkeys(
             [
                 "grace_timeout",
                 "tls_error",
                 "idle_timeout",
+                "header_timeout",
                 "refused",
                 "write_timeout",
-                "header_timeout",
                 "other",
             ],
             0,

@@ -319,7 +319,7 @@ class ServerMetrics(ServerObserver):
         self.connections_opened.inc()
         self.connections_closed.labels("refused").inc()
 
-    def on_handshake_failed(self, peer: Any, error: BaseException) -> None:
+    def on_handshake_failed(self, peer: Any, error: BaseException | None) -> None:
         """An accepted connection whose TLS handshake failed or timed out (never opened for
         Sockety, so it is counted as opened and closed with reason ``tls_error``)."""
         self.tls_handshake_failures.inc()

@@ -36,8 +36,9 @@ class ServerObserver:
         """A connection from ``peer`` (its address) was refused at once: server full or
         closing. No :meth:`on_connect` or :meth:`on_close` follows."""
 
-    def on_handshake_failed(self, peer: Any, error: BaseException) -> None:
-        """A TLS handshake with ``peer`` failed or timed out: no connection was made."""
+    def on_handshake_failed(self, peer: Any, error: BaseException | None) -> None:
+        """A TLS handshake with ``peer`` failed or timed out: no connection was made.
+        ``error`` is None when the peer closed the connection during the handshake."""
 
     def on_close(self, connection: Connection, reason: ConnectionClosedError) -> None:
         """A connection that :meth:`on_connect` saw has closed; ``reason.kind`` says why and

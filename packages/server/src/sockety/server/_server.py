@@ -311,6 +311,7 @@ class _ServerConnection(Connection):
 
     async def close(self, timeout: float | None = None) -> None:
         # The peer's Go Away makes the connection close itself, with going_away already set.
+        # (A peer that shut its side down first is told apart by the connection itself.)
         if not self.going_away:
             self._closed_here = True
         await super().close(timeout)
