@@ -10,14 +10,28 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sockety.core import ConnectionClosedError
 from sockety.core.aio import Connection, Handler, Outgoing
 
-__all__ = ["Server", "serve"]
+__all__ = ["ClusterLink", "Server", "serve", "server_of"]
 
 logger = logging.getLogger("sockety.server")
+
+
+class ClusterLink(Protocol):
+    """What joins a server to others (``sockety.cluster.Cluster`` is one): started once the
+    server listens, told of every connection that opens and closes, closed after the server's
+    connections drained. The server depends on nothing more."""
+
+    async def start(self, server: Server) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def connected(self, connection: Connection) -> None: ...
+
+    def disconnected(self, connection: Connection) -> None: ...
 
 
 class Server:
@@ -32,9 +46,11 @@ class Server:
         on_disconnect: Callable[[Connection], Any] | None = None,
         # Connections beyond this are closed at once: each costs memory and a file descriptor.
         max_connections: int | None = None,
+        cluster: ClusterLink | None = None,
         **options: Any,
     ) -> None:
         self._handler = handler
+        self._cluster = cluster
         self._ssl = ssl
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -73,6 +89,12 @@ class Server:
             )
         self._addresses = [sock.getsockname() for sock in self._server.sockets]
         logger.info("listening on %s", ", ".join(map(_format, self._addresses)))
+        if self._cluster is not None:
+            try:
+                await self._cluster.start(self)
+            except BaseException:
+                self._server.close()  # no cluster, no server: the caller asked for both
+                raise
 
     def _make_connection(self) -> Connection:
         connection = _ServerConnection(self, self._handler, **self._options)
@@ -88,12 +110,16 @@ class Server:
         return True
 
     def _opened(self, connection: Connection) -> None:
+        if self._cluster is not None:
+            self._cluster.connected(connection)
         if self._on_connect is not None:
             self._on_connect(connection)
 
     def _disconnected(self, connection: Connection) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
+            if self._cluster is not None:
+                self._cluster.disconnected(connection)
             if self._on_disconnect is not None:
                 self._on_disconnect(connection)
 
@@ -115,6 +141,11 @@ class Server:
     def connections(self) -> frozenset[Connection]:
         """The open connections."""
         return frozenset(self._connections)
+
+    @property
+    def cluster(self) -> ClusterLink | None:
+        """The cluster link given to ``serve(cluster=...)``, if any."""
+        return self._cluster
 
     @property
     def is_serving(self) -> bool:
@@ -164,6 +195,8 @@ class Server:
         await asyncio.gather(*(c.close(timeout) for c in connections), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._cluster is not None:
+            await self._cluster.close()
         self._closed.set()
         logger.info("closed")
 
@@ -208,6 +241,12 @@ class _ServerConnection(Connection):
         reason = self.close_reason
         logger.debug("connection from %s closed: %s", self.remote_address, reason)
         self._server._disconnected(self)
+
+
+def server_of(connection: Connection) -> Server | None:
+    """The server a connection was accepted by (None for a client's connection): how a
+    handler reaches its server, e.g. ``server_of(message.connection).cluster``."""
+    return connection._server if isinstance(connection, _ServerConnection) else None
 
 
 def _format(address: Any) -> str:
