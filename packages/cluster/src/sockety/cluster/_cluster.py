@@ -264,16 +264,25 @@ class Cluster:
         nc = self._nc
         self.max_payload = min(self.max_payload, nc.max_payload)
         self._js = nc.jetstream()
-        self._kv = await self._js.create_key_value(
-            KeyValueConfig(
-                bucket=self.subjects.presence_bucket,
-                ttl=self.presence_ttl,
-                # nats-server places a marker when a key expires, so watchers see it go.
-                limit_marker_ttl=self.presence_ttl,
-                history=1,
-                storage=StorageType.FILE,
+        try:
+            self._kv = await self._js.create_key_value(
+                KeyValueConfig(
+                    bucket=self.subjects.presence_bucket,
+                    ttl=self.presence_ttl,
+                    # nats-server places a marker when a key expires, so watchers see it go.
+                    limit_marker_ttl=self.presence_ttl,
+                    history=1,
+                    storage=StorageType.FILE,
+                )
             )
-        )
+        except nats.js.errors.BadRequestError:
+            # The bucket exists with another TTL (the first server made it): use that one,
+            # or this server would refresh too seldom (or too often).
+            self._kv = await self._js.key_value(self.subjects.presence_bucket)
+            ttl = (await self._kv.status()).ttl
+            if ttl and ttl != self.presence_ttl:
+                logger.info("cluster: the presence bucket's TTL is %g s: using it", ttl)
+                self.presence_ttl = ttl
         await self._watch_presence()
         await self._subscribe(self.subjects.broadcast, self._on_broadcast)
         await self._subscribe(self.subjects.ping(self.id), self._on_ping)

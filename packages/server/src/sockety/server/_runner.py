@@ -13,6 +13,7 @@ import ssl
 import sys
 from typing import Any
 
+from sockety.core import SocketyError
 from sockety.core.aio import Connection, Handler, loop_factory
 
 from ._guarded import OperatedServer
@@ -87,6 +88,11 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
         from ._metrics import ServerMetrics  # noqa: PLC0415 - prometheus only when asked
 
         metrics = ServerMetrics(loop_name=loop_name)
+    if args.cluster:
+        from ._cli import make_cluster  # noqa: PLC0415 - sockety-cluster only when asked
+
+        options["cluster"] = make_cluster(args.cluster, metrics.registry if metrics else None)
+    if metrics is not None:
         server: Server = metrics.server(handler, write_timeout=args.timeout, **options)
     else:
         server = OperatedServer(handler, write_timeout=args.timeout, **options)
@@ -94,6 +100,9 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
         logger.error("could not listen on %s:%s: %s", args.host, args.port, error)
+        return 1
+    except SocketyError as error:  # the cluster link (--cluster) could not start
+        logger.error("%s", error)
         return 1
 
     background: list[asyncio.Task[None]] = []
