@@ -148,6 +148,8 @@ class Cluster:
         max_concurrent_requests: int = 256,
         reconnect_time_wait: float = 1.0,
         connect_timeout: float = 5.0,
+        # What nats-py itself buffers while the link is down (then the queue above holds).
+        reconnect_buffer_size: int = 2 * 1024 * 1024,
     ) -> None:
         if not _PREFIX.match(prefix):
             raise ValueError(f"prefix {prefix!r}: 1..32 letters, digits, _ or -")
@@ -168,6 +170,7 @@ class Cluster:
         self._requests = asyncio.Semaphore(max_concurrent_requests)
         self._reconnect_wait = reconnect_time_wait
         self._connect_timeout = connect_timeout
+        self._reconnect_buffer = reconnect_buffer_size
 
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -176,6 +179,8 @@ class Cluster:
         self._queue: deque[tuple[str, bytes, str]] = deque()
         self._queued_bytes = 0
         self._more = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._up = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -249,6 +254,7 @@ class Cluster:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=self._reconnect_wait,  # type: ignore[arg-type]
                     connect_timeout=max(1, int(self._connect_timeout)),
+                    pending_size=self._reconnect_buffer,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -317,10 +323,7 @@ class Cluster:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await asyncio.gather(*(self._forget(k) for k in list(self._local)))
-                    while self._queue:
-                        self._more.set()
-                        await asyncio.sleep(0)
-                    await nc.flush()
+                    await self.flush()
         if self._pump is not None:
             self._pump.cancel()
         for task in list(self._tasks):
@@ -399,6 +402,7 @@ class Cluster:
             self.metrics.dropped.labels("queue_full").inc()
             return False
         self._queue.append((subject, payload, reply))
+        self._empty.clear()
         self._queued_bytes += len(payload)
         self.metrics.queued.set(len(self._queue))
         self.metrics.published.labels(kind).inc()
@@ -410,6 +414,7 @@ class Cluster:
         queue = self._queue
         while True:
             if not queue:
+                self._empty.set()
                 self._more.clear()
                 await self._more.wait()
                 continue
@@ -427,6 +432,16 @@ class Cluster:
             queue.popleft()
             self._queued_bytes -= len(payload)
             self.metrics.queued.set(len(queue))
+
+    async def flush(self) -> None:
+        """Waits until the outgoing queue is empty and NATS has everything (bound it with
+        ``asyncio.timeout``: while NATS is down this waits for it)."""
+        await self._empty.wait()
+        await self.nats.flush()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     @property
     def queued(self) -> int:
