@@ -324,18 +324,14 @@ class Cluster:
                 async with asyncio.timeout(2):
                     await asyncio.gather(*(self._forget(k) for k in list(self._local)))
                     await self.flush()
-        if self._pump is not None:
-            self._pump.cancel()
-        for task in list(self._tasks):
+        # Cancel everything at once, looked up now: a watch restarted by a reconnect may have
+        # replaced the one cancelled above.
+        tasks = [
+            t for t in (self._pump, self._refresher, self._watching, *self._tasks) if t is not None
+        ]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(
-            *(
-                t
-                for t in (self._pump, self._refresher, self._watching, *self._tasks)
-                if t is not None
-            ),
-            return_exceptions=True,
-        )
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await nc.close()
         self.metrics.connected.set(0)
@@ -758,6 +754,8 @@ class Cluster:
         return found
 
     async def _watch_presence(self) -> None:
+        if self._closing:
+            return
         old, old_task = self._watcher, self._watching
         if old_task is not None:
             old_task.cancel()
@@ -765,6 +763,9 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await old.stop()
         watcher = self._watcher = await self._kv_ready().watchall()
+        if self._closing:
+            await watcher.stop()
+            return
         ready = asyncio.get_running_loop().create_future()
         self._watching = asyncio.get_running_loop().create_task(self._follow(watcher, ready))
         await ready
