@@ -234,6 +234,10 @@ class Cluster:
         return self._js
 
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def is_connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
@@ -763,8 +767,8 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await old.stop()
         watcher = self._watcher = await self._kv_ready().watchall()
-        if self._closing:
-            await watcher.stop()
+        if self.closing:  # close() began while we waited
+            await watcher.stop()  # type: ignore[no-untyped-call]
             return
         ready = asyncio.get_running_loop().create_future()
         self._watching = asyncio.get_running_loop().create_task(self._follow(watcher, ready))
