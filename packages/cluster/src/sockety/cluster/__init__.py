@@ -10,6 +10,7 @@ from ._errors import (
     NotConnectedError,
     PayloadTooLargeError,
 )
+from ._history import History, Record
 from ._metrics import ClusterMetrics
 from ._nats import NatsServer, nats_server_binary
 
@@ -18,10 +19,12 @@ __all__ = [
     "ClusterError",
     "ClusterMetrics",
     "ClusterUnavailableError",
+    "History",
     "KeyTakenError",
     "NatsServer",
     "NotConnectedError",
     "PayloadTooLargeError",
+    "Record",
     "Reply",
     "Subjects",
     "key_token",
