@@ -11,4 +11,4 @@ def test_bench_runs_a_tiny_case(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--servers", "1,2", "--clients", "4", "--messages", "25", "--window", "8"]) == 0
     out = capsys.readouterr().out
     assert "cross-server broadcast fan-out" in out
-    assert out.count("100/100") == 2  # delivered/expected, both cases
+    assert out.count("│ 100/100 │") == 2  # delivered/expected in the table, both cases
