@@ -9,7 +9,7 @@ import logging
 import re
 import ssl as ssl_module
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, ClassVar
@@ -176,9 +176,11 @@ class ChatApp(App[None]):
         backoff: tuple[float, float] = (0.5, 10.0),
         clock: Callable[[], datetime] = p.iso_now,
         timezone: tzinfo | None = None,
+        others: Sequence[tuple[str, int]] = (),
     ) -> None:
         super().__init__()
         self.host, self.port = host, port
+        self._others = tuple(others)  # where to reconnect too (clustered servers)
         self._name, self._ssl, self._server, self._server_ssl = name, ssl, server, server_ssl
         self._downloads, self._backoff = downloads, backoff
         self._clock, self._tz = clock, timezone
@@ -233,6 +235,7 @@ class ChatApp(App[None]):
             on_event=self.on_chat_event,
             backoff=self._backoff,
             downloads=self._downloads,
+            others=self._others,
         )
         self.notice("Type /help for commands.", style="dim")
         self._runner = asyncio.get_running_loop().create_task(self.client.run())

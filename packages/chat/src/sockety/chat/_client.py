@@ -10,7 +10,7 @@ import random
 import shutil
 import ssl as ssl_module
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -176,12 +176,19 @@ class ChatClient:
         backoff: tuple[float, float] = (0.5, 10.0),
         connect_timeout: float = 5.0,
         downloads: Path | None = None,
+        others: Sequence[tuple[str, int]] = (),
         **options: Any,
     ) -> None:
         if name is not None and not p.is_valid_name(name):
             raise ChatError(invalid_name(name))
         self.host = host
         self.port = port
+        #: Every server to try, in turn, when the connection is lost (clustered servers).
+        self.addresses = [(host, port), *others]
+        self._next = 0
+        #: The id of the last chat message seen (clustered servers number them): later copies
+        #: of it and of older ones are dropped, and a reconnect asks for what came after.
+        self.last_id = 0
         self._ssl = ssl
         self._on_event = on_event
         self._backoff = backoff
@@ -226,6 +233,7 @@ class ChatClient:
         first, longest = self._backoff
         delay = first
         while not self._stopped.is_set():
+            self.host, self.port = self.addresses[self._next % len(self.addresses)]
             try:
                 connection = await connect(
                     self.host,
@@ -237,6 +245,7 @@ class ChatClient:
                 )
             except (SocketyError, OSError) as error:
                 reason = str(error)
+                self._next += 1
             else:
                 delay = first
                 self._connection = connection
@@ -252,6 +261,7 @@ class ChatClient:
                     reason = f"connection lost: {closed}"
                 else:
                     reason = "the server closed the connection"
+                self._next += 1  # another server next (if there are several)
             if self._stopped.is_set():
                 break
             wait = delay * random.uniform(0.8, 1.2)
@@ -312,6 +322,8 @@ class ChatClient:
             self.name = data
             self._emit(Connected(self.address))
             self._emit(LoggedIn(data))
+            with contextlib.suppress(SocketyError):  # clustered servers send what we missed
+                message.connection.send_nowait(p.SINCE(self.last_id))
             if self.wanted_name is not None and self.wanted_name != data:
                 self._spawn(self._restore_name(self.wanted_name))
         elif action == "users" and isinstance(data, list):
@@ -321,6 +333,11 @@ class ChatClient:
             content = p.clean_text(str(data.get("content", "")))
             self._emit(SystemNotice(p.parse_iso(data.get("date")), content))
         elif action == "chat" and isinstance(data, dict):
+            number = data.get("id")
+            if isinstance(number, int):
+                if number <= self.last_id:
+                    return None  # seen already (a history replay overlapping what we had)
+                self.last_id = number
             self._emit(
                 ChatMessage(
                     p.parse_iso(data.get("date")),

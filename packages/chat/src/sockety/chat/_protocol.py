@@ -38,6 +38,7 @@ NAME = Draft("name", data="msgpack")
 BROADCAST = Draft("broadcast", data="msgpack")
 TYPING_UP = Draft("typing", stream=True)
 FILE_UP = Draft("file", files=True)
+SINCE = Draft("since", data="msgpack")  # the last message id seen (clustered servers)
 # server -> client
 LOGIN = Draft("login", data="msgpack")
 USERS = Draft("users", data="msgpack")

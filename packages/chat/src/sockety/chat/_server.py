@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockety.core import SocketyError
 from sockety.server import (
@@ -29,6 +29,9 @@ from sockety.server import (
 )
 
 from . import _protocol as p
+
+if TYPE_CHECKING:
+    from ._cluster import ClusterRoom
 
 __all__ = ["ChatServer"]
 
@@ -55,8 +58,11 @@ class ChatServer:
         max_file_size: int = 1024**3,
         close_timeout: float = 3.0,
         anon_name: Callable[[], str] | None = None,
+        # One room across servers (``sockety-chat serve --cluster``); None: this process only.
+        backend: ClusterRoom | None = None,
         **options: Any,
     ) -> None:
+        self._backend = backend
         self._clock = clock
         self.max_file_size = max_file_size
         self._anon_name = anon_name or (lambda: f"anon_{secrets.token_hex(4)}")
@@ -69,6 +75,7 @@ class ChatServer:
         self._router.action("broadcast")(self._on_broadcast)
         self._router.action("typing")(self._on_typing)
         self._router.action("file")(self._on_file)
+        self._router.action("since")(self._on_since)
         self._drains: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -87,8 +94,11 @@ class ChatServer:
             ssl=ssl,
             on_connect=self._connected,
             on_disconnect=self._disconnected,
+            cluster=self._backend.cluster if self._backend is not None else None,
             **self._options,
         )
+        if self._backend is not None:
+            await self._backend.start(self)
 
     @property
     def port(self) -> int:
@@ -98,8 +108,32 @@ class ChatServer:
 
     @property
     def names(self) -> list[str]:
-        """Everyone's name, in the order they joined."""
+        """Everyone's name, in the order they joined (with a backend: on every server)."""
+        if self._backend is not None:
+            return self._backend.names(list(self._names.values()))
         return list(self._names.values())
+
+    @property
+    def members(self) -> list[Connection]:
+        """This server's members (connections with a name), in the order they joined."""
+        return list(self._names)
+
+    # -- what a backend calls --------------------------------------------------------------------
+
+    def users_changed(self) -> None:
+        self._users()
+
+    def local_notice(self, notice: dict[str, Any]) -> None:
+        """A system notice from another server, for this one's members."""
+        with contextlib.suppress(SocketyError):  # a member going away
+            self._broadcast(p.SYSTEM(notice))
+
+    def remote_typing(self, author: str) -> _TypingRelay:
+        """A typing relay for someone on another server, to this server's members."""
+        relay = _TypingRelay(None, author)
+        for member in self._names:
+            relay.add(member)
+        return relay
 
     @property
     def is_serving(self) -> bool:
@@ -114,6 +148,8 @@ class ChatServer:
         """Ends the typing relays at once, then closes gracefully (Go Away)."""
         for relay in list(self._typing.values()):
             relay.end()
+        if self._backend is not None:
+            await self._backend.close()
         if self._server is not None:
             await self._server.close()
         for task in list(self._drains):
@@ -143,6 +179,8 @@ class ChatServer:
 
     def _system(self, content: str, *, but: Connection | None = None) -> None:
         logger.info("%s", content)
+        if self._backend is not None:
+            self._backend.system(content, self._now())
         self._broadcast(p.SYSTEM({"date": self._now(), "content": content}), lambda c: c is not but)
 
     def _users(self) -> None:
@@ -169,12 +207,17 @@ class ChatServer:
             name = self._anon_name()
         self._names[connection] = name
         connection.send_nowait(p.LOGIN(name))
+        if self._backend is not None:
+            self._backend.joined(connection, name)
+            self._backend.member_joined(connection)
         self._users()
         self._system(f"{name} connected", but=connection)
         for relay in self._typing.values():
             relay.add(connection)
 
     def _disconnected(self, connection: Connection) -> None:
+        if self._backend is not None:
+            self._backend.left(connection)
         name = self._names.pop(connection, None)
         relay = self._typing.pop(connection, None)
         if relay is not None:
@@ -185,7 +228,7 @@ class ChatServer:
 
     # -- actions ---------------------------------------------------------------------------------
 
-    def _on_name(self, message: Message) -> int:
+    def _on_name(self, message: Message) -> Any:
         connection = message.connection
         if message.stream is not None or message.files:
             return self._reject(message)
@@ -198,15 +241,28 @@ class ChatServer:
         previous = self._names.get(connection)
         if previous is None or previous == name:
             return FastReply.ACCEPT
+        if self._backend is not None:
+            return self._rename_in_cluster(connection, previous, name)
+        self._renamed(connection, previous, name)
+        return FastReply.ACCEPT
+
+    async def _rename_in_cluster(self, connection: Connection, previous: str, name: str) -> int:
+        assert self._backend is not None
+        if not await self._backend.rename(connection, name):
+            return FastReply.BAD_REQUEST
+        if self._names.get(connection) == previous:
+            self._renamed(connection, previous, name)
+        return FastReply.ACCEPT
+
+    def _renamed(self, connection: Connection, previous: str, name: str) -> None:
         self._names[connection] = name
         self._system(f"{previous} is now known as {name}")
         self._users()
         relay = self._typing.get(connection)
         if relay is not None:
             relay.rename(name)
-        return FastReply.ACCEPT
 
-    def _on_broadcast(self, message: Message) -> int:
+    def _on_broadcast(self, message: Message) -> Any:
         if message.stream is not None or message.files:
             return self._reject(message)
         try:
@@ -216,6 +272,8 @@ class ChatServer:
         author = self._names.get(message.connection)
         if author is None or not p.is_valid_message(content):
             return FastReply.BAD_REQUEST
+        if self._backend is not None:  # every server (this one too) delivers it from history
+            return self._backend.say(author, content, self._now())
         self._broadcast(p.CHAT({"date": self._now(), "author": author, "content": content}))
         return FastReply.ACCEPT
 
@@ -236,12 +294,28 @@ class ChatServer:
             async for chunk in message.stream:
                 for text in decoder.feed(chunk):
                     relay.update(text)
+                    if self._backend is not None:
+                        self._backend.typed(relay.author, text)
         except (SocketyError, ValueError):
             pass  # the typist went away, or sent garbage: their line disappears
         finally:
             relay.end()
+            if self._backend is not None:
+                self._backend.typing_ended(relay.author)
             if self._typing.get(connection) is relay:
                 del self._typing[connection]
+        return FastReply.ACCEPT
+
+    def _on_since(self, message: Message) -> int:
+        """A client that comes back says the last message id it saw (0: none)."""
+        try:
+            after = message.msgpack()
+        except ValueError:
+            return FastReply.BAD_REQUEST
+        if not isinstance(after, int) or after < 0 or message.connection not in self._names:
+            return FastReply.BAD_REQUEST
+        if self._backend is not None:
+            self._backend.since(message.connection, after)
         return FastReply.ACCEPT
 
     async def _on_file(self, message: Message) -> int:
@@ -300,8 +374,8 @@ async def _drain(message: Message) -> None:
 class _TypingRelay:
     """One person's typing stream, relayed to everyone else as a ``typing`` message each."""
 
-    def __init__(self, source: Connection, author: str) -> None:
-        self.source = source
+    def __init__(self, source: Connection | None, author: str) -> None:
+        self.source = source  # None: the typist is on another server
         self.author = author
         self.text = ""
         self._writers: dict[Connection, StreamWriter] = {}

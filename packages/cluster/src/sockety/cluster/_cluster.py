@@ -189,6 +189,7 @@ class Cluster:
         # Presence: key -> (connection, KV revision, its two subscriptions); and back.
         self._local: dict[str, tuple[Connection, int, list[Subscription]]] = {}
         self._keys: dict[Connection, str] = {}
+        self._binding: dict[Connection, asyncio.Lock] = {}
         self._handlers: dict[str, RequestHandler] = {}
         self._topics: dict[str, list[TopicCallback]] = {}
         self._topic_subs: dict[str, Subscription] = {}
@@ -643,6 +644,16 @@ class Cluster:
         whole cluster: :class:`KeyTakenError` if a live one holds it. A key left by a server
         that died is taken over at once (its server does not answer a ping)."""
         token = key_token(key)
+        # One bind at a time per connection: a rename must not race the first name's bind.
+        lock = self._binding.setdefault(connection, asyncio.Lock())
+        async with lock:
+            await self._bind(connection, key, token)
+            if connection.closed:  # it closed while we bound: its hook may have run already
+                await self.unbind(connection)
+        if connection.closed:
+            self._binding.pop(connection, None)
+
+    async def _bind(self, connection: Connection, key: str, token: str) -> None:
         if key in self._local:
             holder = self._local[key][0]
             if holder is connection:
@@ -881,8 +892,13 @@ class Cluster:
 
     def disconnected(self, connection: Connection) -> None:
         """A connection closed: its key is unbound in the background."""
-        if connection in self._keys and not self._closing:
-            self._spawn(self.unbind(connection))
+        if (connection in self._keys or connection in self._binding) and not self._closing:
+            self._spawn(self._unbind_closed(connection))
+
+    async def _unbind_closed(self, connection: Connection) -> None:
+        async with self._binding.setdefault(connection, asyncio.Lock()):
+            await self.unbind(connection)
+        self._binding.pop(connection, None)
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
