@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import nats.errors
+import nats.js.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from sockety.cluster import Cluster, ClusterError, History, KeyTakenError
 from sockety.core import SocketyError
@@ -37,6 +40,10 @@ logger = logging.getLogger("sockety.chat.cluster")
 
 #: A ``since`` gets at most this many messages (the history's retention bounds it anyway).
 MAX_CATCH_UP = 10_000
+#: Files cross in records of at most this many bytes (NATS messages stay small).
+FILE_PIECE = 32 * 1024
+#: Records a receiving server fetches at once (then waits for its slowest member's sink).
+FILE_BATCH = 8
 
 
 class ClusterRoom:
@@ -49,6 +56,9 @@ class ClusterRoom:
         history: int = 100,
         retention: int = 10_000,
         prefix: str = "sockety_chat",
+        # The files stream holds at most this much (uploads fail beyond it) for this long.
+        max_file_bytes: int = 1024**3,
+        file_retention: float = 600.0,
         # How long a joiner's history waits for its client's `since` (then: the last N).
         since_wait: float = 1.0,
         **cluster_options: Any,
@@ -64,6 +74,12 @@ class ClusterRoom:
         self._waiting: dict[Connection, asyncio.TimerHandle] = {}
         self._remote_typing: dict[tuple[str, str], _TypingRelay] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.files_stream = f"{prefix}_files"
+        self.files_subject = f"{prefix}.file"
+        self._max_file_bytes = max_file_bytes
+        self._file_retention = file_retention
+        self._files_ready = False
+        self._files_made = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -74,6 +90,7 @@ class ClusterRoom:
         await self.history.follow(self._on_record, after=await self.history.last_sequence())
         await self.cluster.subscribe("system", self._on_system)
         await self.cluster.subscribe("typing", self._on_typing)
+        await self.cluster.subscribe("file", self._on_file)
         self.cluster.on_presence = self._on_presence
 
     async def close(self) -> None:
@@ -257,6 +274,83 @@ class ClusterRoom:
             relay = self._remote_typing[origin, author] = chat.remote_typing(author)
         relay.update(p.clean_text(text))
 
+    # -- files ----------------------------------------------------------------------------------
+
+    def share(self, meta: dict[str, Any]) -> FileShare:
+        return FileShare(self, meta)
+
+    async def ensure_files(self) -> None:
+        if self._files_ready:
+            return
+        config = StreamConfig(
+            name=self.files_stream,
+            subjects=[f"{self.files_subject}.>"],
+            max_bytes=self._max_file_bytes,
+            max_age=self._file_retention,
+            max_msg_size=FILE_PIECE + 1024,  # a record, and the headers js.publish adds
+            discard=DiscardPolicy.NEW,  # full: new uploads fail, files on their way stay whole
+            storage=StorageType.FILE,
+        )
+        js = self.cluster.jetstream
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+        self._files_ready = True
+
+    def _on_file(self, data: bytes, origin: str) -> None:
+        offer = _unpack(data)
+        chat = self._chat
+        if chat is None or not isinstance(offer, dict):
+            return
+        file_id, meta = offer.get("id"), offer.get("meta")
+        if not isinstance(file_id, str) or not isinstance(meta, dict):
+            return
+        if not (isinstance(meta.get("name"), str) and isinstance(meta.get("size"), int)):
+            return
+        sinks = chat.file_sinks(meta, but=None)
+        if sinks:
+            self._spawn(self._receive_file(file_id, sinks))
+
+    async def _receive_file(self, file_id: str, sinks: list[Any]) -> None:
+        """Fetches a file's records a few at a time and feeds this server's sinks: memory per
+        file is one batch plus the sinks' own bounds, whatever the file's size."""
+        await self.ensure_files()
+        subject = f"{self.files_subject}.{file_id}"
+        ended = False
+        try:
+            sub = await self.cluster.jetstream.pull_subscribe(
+                subject,
+                stream=self.files_stream,
+                config=ConsumerConfig(
+                    filter_subject=subject,
+                    deliver_policy=DeliverPolicy.ALL,
+                    inactive_threshold=60.0,
+                ),
+            )
+            try:
+                while not ended:
+                    try:
+                        records = await sub.fetch(FILE_BATCH, timeout=30)
+                    except nats.errors.TimeoutError:
+                        break  # the sender stalled for 30 s: give up
+                    for record in records:
+                        await record.ack()
+                        kind, piece = record.data[:1], record.data[1:]
+                        if kind == b"d":
+                            for sink in sinks:
+                                await sink.put(piece)
+                        else:
+                            ended = kind == b"e"
+                            break
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        except Exception as error:
+            logger.warning("file %s could not be received: %s", file_id, error)
+        for sink in sinks:
+            sink.finish() if ended else sink.abort()
+
     def member_joined(self, connection: Connection) -> None:
         """A new local member sees the other servers' typists too."""
         for relay in self._remote_typing.values():
@@ -268,3 +362,41 @@ def _unpack(data: bytes) -> Any:
         return msgpack.unpackb(data)
     except ValueError:
         return None
+
+
+class FileShare:
+    """One file leaving this server for the others: chunks appended to the files stream (each
+    acknowledged, so a slow NATS slows the upload instead of filling memory), then an end or
+    abort record. The offer goes first, on the ``file`` topic."""
+
+    def __init__(self, room: ClusterRoom, meta: dict[str, Any]) -> None:
+        self.room = room
+        self.meta = meta
+        room._files_made += 1
+        self.id = f"{room.cluster.id}-{room._files_made}"
+        self.subject = f"{room.files_subject}.{self.id}"
+
+    async def start(self) -> None:
+        await self.room.ensure_files()
+        self.room._publish("file", {"id": self.id, "meta": self.meta})
+
+    async def _append(self, record: bytes) -> None:
+        try:
+            await self.room.cluster.jetstream.publish(
+                self.subject, record, stream=self.room.files_stream, timeout=10
+            )
+        except Exception as error:  # nats-py's errors: the stream is full, NATS is away, ...
+            logger.warning("file %s: a record was not stored: %r", self.id, error)
+            raise ClusterError(f"the file could not be relayed: {error}") from error
+
+    async def put(self, chunk: bytes) -> None:
+        for start in range(0, len(chunk), FILE_PIECE):
+            await self._append(b"d" + chunk[start : start + FILE_PIECE])
+
+    async def finish(self) -> None:
+        with contextlib.suppress(ClusterError):
+            await self._append(b"e")
+
+    async def abort(self) -> None:
+        with contextlib.suppress(ClusterError):
+            await self._append(b"a")

@@ -332,31 +332,49 @@ class ChatServer:
         name = p.clean_file_name(source.name)
         meta = {"date": self._now(), "author": author, "name": name, "size": source.size}
         logger.info("%s shares %s (%d bytes)", author, name, source.size)
+        sinks = self.file_sinks(meta, but=connection)
+        remote = self._backend.share(meta) if self._backend is not None else None
+        try:
+            if remote is not None:  # to the other servers' members, through NATS
+                await remote.start()
+            async for chunk in source:
+                for sink in sinks:
+                    await sink.put(chunk)
+                if remote is not None:
+                    await remote.put(chunk)
+        except SocketyError:
+            for sink in sinks:
+                sink.abort()
+            if remote is not None:
+                await remote.abort()
+            return FastReply.INTERNAL_ERROR  # the sender is gone or aborted: nobody will read it
+        for sink in sinks:
+            sink.finish()
+        if remote is not None:
+            await remote.finish()
+        return FastReply.ACCEPT
+
+    def file_sinks(self, meta: dict[str, Any], *, but: Connection | None) -> list[_Sink]:
+        """Offers a file (``meta``: its FILE_DOWN data) to this server's members but one; the
+        returned sinks take its chunks (each bounded, waiting for its receiver)."""
         sinks: list[_Sink] = []
         for other in list(self._names):
-            if other is connection or other.closed:
+            if other is but or other.closed:
                 continue
             sink = _Sink(other)
             try:
                 sink.transfer = other.send_nowait(
                     p.FILE_DOWN(
-                        meta, files=[FileTransfer.from_iterator(sink.chunks(), name, source.size)]
+                        meta,
+                        files=[
+                            FileTransfer.from_iterator(sink.chunks(), meta["name"], meta["size"])
+                        ],
                     )
                 )
             except SocketyError:
                 continue
             sinks.append(sink)
-        try:
-            async for chunk in source:
-                for sink in sinks:
-                    await sink.put(chunk)
-        except SocketyError:
-            for sink in sinks:
-                sink.abort()
-            return FastReply.INTERNAL_ERROR  # the sender is gone or aborted: nobody will read it
-        for sink in sinks:
-            sink.finish()
-        return FastReply.ACCEPT
+        return sinks
 
 
 async def _drain(message: Message) -> None:

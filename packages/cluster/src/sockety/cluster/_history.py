@@ -62,7 +62,7 @@ class History:
             subjects=[self.subject],
             max_msgs=self.max_records,
             max_bytes=self.max_bytes,
-            max_msg_size=self.cluster.max_payload,
+            max_msg_size=self.cluster.max_payload + 1024,  # and the headers js.publish adds
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
         )
