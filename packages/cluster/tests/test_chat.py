@@ -195,6 +195,32 @@ def test_a_file_reaches_every_server_whole(nats: NatsServer, run: Any, tmp_path:
     run(main)
 
 
+def test_nats_restarted_the_room_goes_on(nats: NatsServer, run: Any) -> None:
+    """NATS restarts mid-conversation: what was acknowledged stays in the history, the
+    servers reconnect, and the room goes on (messages, users list)."""
+
+    async def main() -> None:
+        async with (
+            chat_servers(nats, 2) as ports,
+            people(([(HOST, ports[0])], "alice"), ([(HOST, ports[1])], "bob")) as (alice, bob),
+        ):
+            await bob.until(lambda: set(bob.client.users) == {"alice", "bob"})
+            await alice.client.say("before")
+            await bob.until(lambda: bob.said() == ["alice: before"])
+            await nats.restart()
+            await alice.client.say("after")  # accepted: acknowledged by the restarted NATS
+            await bob.client.say("me too")
+            for person in (alice, bob):
+                await person.until(lambda p=person: len(p.said()) >= 3)
+                assert person.said() == ["alice: before", "alice: after", "bob: me too"]
+            async with people(([(HOST, ports[1])], "carol")) as (carol,):
+                await carol.until(lambda: len(carol.said()) >= 3)  # the history survived
+                assert carol.said() == alice.said()
+                await alice.until(lambda: set(alice.client.users) == {"alice", "bob", "carol"})
+
+    run(main)
+
+
 _LISTENING = re.compile(r"chat server on 127\.0\.0\.1:(\d+)")
 
 
