@@ -106,3 +106,44 @@ def test_load_50_clients_10000_messages_3_servers(nats: NatsServer, run: Any) ->
             assert drops == 0
 
     run(main, timeout=100)
+
+
+def test_a_slow_subscriber_is_bounded_and_its_drops_counted(nats: NatsServer, run: Any) -> None:
+    """A receiver whose subscription may hold 5 messages gets a burst of 2,000: NATS (nats-py)
+    drops what does not fit instead of buffering it, and every drop is counted."""
+
+    async def main() -> None:
+        async with (
+            Cluster(nats.url, name="sender") as sender,
+            Cluster(nats.url, name="receiver", pending_msgs_limit=5) as receiver,
+        ):
+            got: list[bytes] = []
+            changed = asyncio.Condition()
+            ended = asyncio.Event()
+
+            async def notify() -> None:
+                async with changed:
+                    changed.notify_all()
+
+            def on_message(data: bytes, origin: str) -> None:
+                got.append(data)
+                asyncio.get_running_loop().create_task(notify())
+
+            await receiver.subscribe("burst", on_message)
+            await receiver.subscribe("end", lambda data, origin: ended.set())
+            for i in range(2000):
+                assert sender.publish("burst", b"%d" % i)
+            assert sender.publish("end", b"")
+            await sender.flush()
+            # NATS delivers in order on one connection: at "end", every burst message was
+            # queued for the callback or dropped
+            await ended.wait()
+            dropped = receiver.metrics.dropped.labels("slow_consumer")
+            async with changed:
+                await changed.wait_for(lambda: len(got) + dropped._value.get() >= 2000)
+            assert dropped._value.get() > 0
+            assert len(got) + dropped._value.get() == 2000
+            assert len(got) == len(set(got))  # what arrived, arrived once
+            assert got == sorted(got, key=int)  # and in order
+
+    run(main)
