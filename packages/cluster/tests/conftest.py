@@ -93,9 +93,11 @@ def cluster_of(server: Server) -> Cluster:
 
 
 @asynccontextmanager
-async def peer(server: Server, key: str, *, login: bool = True) -> AsyncIterator[Peer]:
+async def peer(server: Server | int, key: str, *, login: bool = True) -> AsyncIterator[Peer]:
+    """A client of ``server`` (or of the server on that port) logged in under ``key``."""
     who = Peer(key)
-    async with connect(HOST, server.port, handler=who.handle) as connection:
+    port = server if isinstance(server, int) else server.port
+    async with connect(HOST, port, handler=who.handle) as connection:
         who.connection = connection
         if login:
             assert await connection.request(LOGIN(key)) == 0

@@ -96,15 +96,16 @@ async def chat_servers(nats: NatsServer, count: int, **room: Any) -> AsyncIterat
         yield ports
 
 
+def one_each(ports: list[int], *names: str) -> list[tuple[list[tuple[str, int]], str]]:
+    """One person per server."""
+    return [([(HOST, port)], name) for port, name in zip(ports, names, strict=True)]
+
+
 def test_three_servers_one_room(nats: NatsServer, run: Any) -> None:
     async def main() -> None:
         async with (
             chat_servers(nats, 3) as ports,
-            people(*(([(HOST, ports[i])], n) for i, n in enumerate(["alice", "bob", "carol"]))) as (
-                alice,
-                bob,
-                carol,
-            ),
+            people(*one_each(ports, "alice", "bob", "carol")) as (alice, bob, carol),
         ):
             for person in (alice, bob, carol):  # one users list, everywhere
                 await person.until(
@@ -170,11 +171,7 @@ def test_a_file_reaches_every_server_whole(nats: NatsServer, run: Any, tmp_path:
     async def main() -> None:
         async with (
             chat_servers(nats, 3) as ports,
-            people(*(([(HOST, ports[i])], n) for i, n in enumerate(["alice", "bob", "carol"]))) as (
-                alice,
-                bob,
-                carol,
-            ),
+            people(*one_each(ports, "alice", "bob", "carol")) as (alice, bob, carol),
         ):
             await alice.until(lambda: len(alice.client.users) == 3)
             await carol.until(lambda: len(carol.client.users) == 3)

@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sockety.client import connect
 from sockety.cluster import Cluster, NatsServer
-from sockety.cluster._demo import LOGIN, SAY, TELL
+from sockety.cluster._demo import SAY, TELL
 
-from .conftest import HOST, Peer
+from .conftest import HOST, peer
 
 _READY = re.compile(r"ready: serving \S+ on 127\.0\.0\.1:(\d+)")
 _METRICS = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
@@ -97,57 +96,54 @@ def test_processes_form_one_cluster_and_a_killed_one_expires(nats: NatsServer, r
             Cluster(nats.url, name="watcher", presence_ttl=1.5) as watcher,
             sockety_server(nats) as one,
             sockety_server(nats) as two,
+            peer(one.port, "alice") as alice,
+            peer(two.port, "bob") as bob,
         ):
-            alice, bob = Peer("alice"), Peer("bob")
-            async with (
-                connect(HOST, one.port, handler=alice.handle) as a,
-                connect(HOST, two.port, handler=bob.handle) as b,
-            ):
-                assert await a.request(LOGIN("alice")) == 0
-                assert await b.request(LOGIN("bob")) == 0
-                assert await a.request(SAY(b"hi from one")) == 0
-                assert await bob.wait_heard(1) == [b"hi from one"]
-                assert await b.request(TELL(["alice", b"hi alice"])) == 0
-                assert await alice.wait_heard(2) == [b"hi from one", b"hi alice"]
-                await watcher.wait_presence(lambda p: set(p) == {"alice", "bob"})
-                scrape = await one.scrape()
-                assert metric(scrape, 'sockety_cluster_published_total{kind="broadcast"}') == 1
-                assert metric(scrape, "sockety_cluster_connected") == 1
-                scrape = await two.scrape()
-                assert metric(scrape, 'sockety_cluster_received_total{kind="broadcast"}') == 1
-                assert metric(scrape, 'sockety_cluster_published_total{kind="send"}') == 1
+            a, b = alice.connection, bob.connection
+            assert a is not None and b is not None
+            assert await a.request(SAY(b"hi from one")) == 0
+            assert await bob.wait_heard(1) == [b"hi from one"]
+            assert await b.request(TELL(["alice", b"hi alice"])) == 0
+            assert await alice.wait_heard(2) == [b"hi from one", b"hi alice"]
+            await watcher.wait_presence(lambda p: set(p) == {"alice", "bob"})
+            scrape = await one.scrape()
+            assert metric(scrape, 'sockety_cluster_published_total{kind="broadcast"}') == 1
+            assert metric(scrape, "sockety_cluster_connected") == 1
+            scrape = await two.scrape()
+            assert metric(scrape, 'sockety_cluster_received_total{kind="broadcast"}') == 1
+            assert metric(scrape, 'sockety_cluster_published_total{kind="send"}') == 1
 
-                two.process.kill()  # no goodbye: bob's key stays until the TTL
-                await two.process.wait()
-                assert watcher.presence.get("bob") is not None
-                await watcher.wait_presence(lambda p: set(p) == {"alice"})
-                assert await watcher.where("bob") is None
+            two.process.kill()  # no goodbye: bob's key stays until the TTL
+            await two.process.wait()
+            assert watcher.presence.get("bob") is not None
+            await watcher.wait_presence(lambda p: set(p) == {"alice"})
+            assert await watcher.where("bob") is None
 
     run(main)
 
 
 def test_nats_restarted_servers_reconnect_and_say_so(nats: NatsServer, run: Any) -> None:
     async def main() -> None:
-        async with sockety_server(nats) as one, sockety_server(nats) as two:
-            alice, bob = Peer("alice"), Peer("bob")
-            async with (
-                connect(HOST, one.port, handler=alice.handle) as a,
-                connect(HOST, two.port, handler=bob.handle) as b,
-            ):
-                assert await a.request(LOGIN("alice")) == 0
-                assert await b.request(LOGIN("bob")) == 0
-                await nats.restart()
-                for process in (one, two):
-                    await process.wait_log("lost the link to NATS")
-                    await process.wait_log("reconnected to NATS at")
-                    scrape = await process.scrape()
-                    assert metric(scrape, "sockety_cluster_reconnects_total") == 1
-                    assert metric(scrape, "sockety_cluster_disconnects_total") == 1
-                    assert metric(scrape, "sockety_cluster_connected") == 1
-                # the cluster works again: broadcasts and sends by key (subscriptions restored)
-                assert await a.request(SAY(b"after the restart")) == 0
-                assert await bob.wait_heard(1) == [b"after the restart"]
-                assert await b.request(TELL(["alice", b"still here"])) == 0
-                assert await alice.wait_heard(2) == [b"after the restart", b"still here"]
+        async with (
+            sockety_server(nats) as one,
+            sockety_server(nats) as two,
+            peer(one.port, "alice") as alice,
+            peer(two.port, "bob") as bob,
+        ):
+            a, b = alice.connection, bob.connection
+            assert a is not None and b is not None
+            await nats.restart()
+            for process in (one, two):
+                await process.wait_log("lost the link to NATS")
+                await process.wait_log("reconnected to NATS at")
+                scrape = await process.scrape()
+                assert metric(scrape, "sockety_cluster_reconnects_total") == 1
+                assert metric(scrape, "sockety_cluster_disconnects_total") == 1
+                assert metric(scrape, "sockety_cluster_connected") == 1
+            # the cluster works again: broadcasts and sends by key (subscriptions restored)
+            assert await a.request(SAY(b"after the restart")) == 0
+            assert await bob.wait_heard(1) == [b"after the restart"]
+            assert await b.request(TELL(["alice", b"still here"])) == 0
+            assert await alice.wait_heard(2) == [b"after the restart", b"still here"]
 
     run(main)
