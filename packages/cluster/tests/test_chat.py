@@ -222,7 +222,9 @@ _LISTENING = re.compile(r"chat server on 127\.0\.0\.1:(\d+)")
 
 
 @asynccontextmanager
-async def chat_process(nats: NatsServer) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+async def chat_process(
+    nats: NatsServer, *extra: str
+) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -232,6 +234,7 @@ async def chat_process(nats: NatsServer) -> AsyncIterator[tuple[int, asyncio.sub
         "0",
         "--cluster",
         nats.url,
+        *extra,
         stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -281,3 +284,22 @@ def test_a_killed_chat_server_its_users_reconnect_and_miss_nothing(
             assert bob.of(UsersChanged)
 
     run(main, timeout=90)
+
+
+def test_workers_share_a_port_and_are_one_room(nats: NatsServer, run: Any) -> None:
+    """``serve --workers 2 --cluster``: two processes on one port (SO_REUSEPORT), one room
+    whichever worker the kernel gives each person."""
+    names = [f"user{i}" for i in range(6)]
+
+    async def main() -> None:
+        async with (
+            chat_process(nats, "--workers", "2") as (port, _),
+            people(*(([(HOST, port)], name) for name in names)) as everyone,
+        ):
+            for person in everyone:
+                await person.until(lambda p=person: set(p.client.users) == set(names))
+            await everyone[0].client.say("to all workers")
+            for person in everyone:
+                await person.until(lambda p=person: p.said() == ["user0: to all workers"])
+
+    run(main)

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--history", type=int, default=100, help="with --cluster: messages a joiner gets (100)"
     )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="with --cluster: processes sharing the port"
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     join = commands.add_parser("join", help="join a chat server")
     join.add_argument(
@@ -138,6 +142,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"sockety-chat: cannot load the certificate: {error}", file=sys.stderr)
             return 2
 
+    if args.workers > 1:
+        from ._workers import serve_workers  # noqa: PLC0415
+
+        return serve_workers(args)
     if args.cluster:
         try:
             from ._cluster import ClusterRoom  # noqa: PLC0415 - sockety-cluster only when asked
@@ -149,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
         backend = ClusterRoom(args.cluster, history=args.history) if args.cluster else None
         chat = ChatServer(max_file_size=args.max_file_size, backend=backend)
         try:
-            await chat.start(args.host, args.port, ssl=context)
+            await chat.start(args.host, args.port, ssl=context, reuse_port=args.reuse_port)
         except OSError as error:
             print(
                 f"sockety-chat: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr

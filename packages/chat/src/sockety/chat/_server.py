@@ -86,12 +86,14 @@ class ChatServer:
         port: int = 0,
         *,
         ssl: ssl_module.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._server = await serve(
             self._router,
             host,
             port,
             ssl=ssl,
+            reuse_port=reuse_port,
             on_connect=self._connected,
             on_disconnect=self._disconnected,
             cluster=self._backend.cluster if self._backend is not None else None,
