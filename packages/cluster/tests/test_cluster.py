@@ -151,3 +151,14 @@ def test_cluster_link_without_nats_fails_clearly() -> None:
             await cluster.start()
 
     asyncio.run(main())
+
+
+def test_nats_without_jetstream_fails_clearly(tmp_path: Any) -> None:
+    from sockety.cluster import ClusterUnavailableError
+
+    async def main() -> None:
+        async with NatsServer(jetstream=False) as nats:
+            with pytest.raises(ClusterUnavailableError, match="is JetStream on"):
+                await Cluster(nats.url).start()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -272,7 +272,28 @@ class Cluster:
                 f"cannot connect to NATS at {', '.join(self.servers)}: "
                 f"{error or type(error).__name__}"
             ) from error
-        nc = self._nc
+        try:
+            await self._join(nc)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
+            self._closing = True
+            for task in (self._watching,):
+                if task is not None:
+                    task.cancel()
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise ClusterUnavailableError(
+                f"NATS at {', '.join(self.servers)} refused the presence bucket (is JetStream "
+                f"on? nats-server -js): {error or type(error).__name__}"
+            ) from error
+        await nc.flush()
+        self._up.set()
+        self.metrics.connected.set(1)
+        loop = asyncio.get_running_loop()
+        self._pump = loop.create_task(self._drain())
+        self._refresher = loop.create_task(self._refresh_every(self.presence_ttl / 3))
+        logger.info("cluster: server %s joined NATS at %s", self.id, _url(nc))
+
+    async def _join(self, nc: NATS) -> None:
         self.max_payload = min(self.max_payload, nc.max_payload)
         self._js = nc.jetstream()
         try:
@@ -297,13 +318,6 @@ class Cluster:
         await self._watch_presence()
         await self._subscribe(self.subjects.broadcast, self._on_broadcast)
         await self._subscribe(self.subjects.ping(self.id), self._on_ping)
-        await nc.flush()
-        self._up.set()
-        self.metrics.connected.set(1)
-        loop = asyncio.get_running_loop()
-        self._pump = loop.create_task(self._drain())
-        self._refresher = loop.create_task(self._refresh_every(self.presence_ttl / 3))
-        logger.info("cluster: server %s joined NATS at %s", self.id, _url(nc))
 
     async def _subscribe(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> Any:
         return await self.nats.subscribe(
