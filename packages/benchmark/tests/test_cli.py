@@ -103,7 +103,16 @@ def test_every_suite_regular_and_na_rows() -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert doc is not None
     rows = {(r["suite"], r["case"]): r for r in doc["results"]}
-    suites = {"raw", "sockety-tcp", "sockety-tls", "http1", "http2", "grpc", "websockets"}
+    suites = {
+        "raw",
+        "tls-ceiling",
+        "sockety-tcp",
+        "sockety-tls",
+        "http1",
+        "http2",
+        "grpc",
+        "websockets",
+    }
     assert {s for s, _ in rows} == suites
     for suite in suites:
         row = rows[(suite, "regular")]
@@ -257,7 +266,7 @@ def test_crashed_server_is_reported_and_replaced(popen: list[subprocess.Popen[st
 
 
 def test_sockety_suites_run_every_case_they_claim() -> None:
-    cases = "noreply,short,regular,data-1m,file-mem,file-disk,stream,fairness"
+    cases = "noreply,short,regular,data-1m,file-mem,file-disk,nagle-1m,stream,fairness"
     proc, doc = run_cli(*TINY, "-f", "sockety-tcp,sockety-tls", "-f", cases, timeout=120)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert doc is not None
@@ -267,3 +276,20 @@ def test_sockety_suites_run_every_case_they_claim() -> None:
             assert_sane(rows[(suite, case)])
         noreply = rows[(suite, "noreply")]["noreply"]
         assert noreply["received_by_server"] == noreply["sent"] > 0
+
+
+def test_tls_ceiling_and_the_paced_client() -> None:
+    """The TLS ceiling carries every case the raw one does, over TLS; the paced (Nagle on)
+    client of ``nagle-1m`` completes its uploads against both ceilings."""
+    proc, doc = run_cli(*TINY, "-f", "raw,tls-ceiling", "-f", "regular,data-1m,nagle-1m")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert doc is not None
+    rows = {(r["suite"], r["case"]): r for r in doc["results"]}
+    assert set(rows) == {
+        (suite, case)
+        for suite in ("raw", "tls-ceiling")
+        for case in ("regular", "data-1m", "nagle-1m")
+    }
+    for row in rows.values():
+        assert_sane(row)
+    assert "1 MiB body, one at a time" in rows[("raw", "nagle-1m")]["title"]

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.widgets import Input, ProgressBar, Static
 
-from sockety.chat import ChatMessage, ChatServer, TypingChanged
-from sockety.chat._app import ChatApp
+from sockety.chat import ChatMessage, ChatServer, PrivateMessage, TypingChanged
+from sockety.chat._app import ChatApp, LogView
 
 from ._helpers import HOST, Peer, digest, run, start_server, until
 
@@ -22,6 +23,12 @@ def make_app(port: int, name: str | None, tmp_path: Path, **options: Any) -> Cha
 
 async def joined(app: ChatApp, name: str) -> None:
     await until(lambda: app.client is not None and app.client.name == name, what=f"{name}")
+
+
+async def enter(pilot: Any, app: ChatApp, text: str) -> None:
+    app.query_one("#input", Input).value = text
+    await pilot.press("enter")
+    await pilot.pause()
 
 
 def typing_text(app: ChatApp) -> str:
@@ -85,6 +92,7 @@ def test_commands_and_rejected_input(tmp_path: Path) -> None:
                 await pilot.press("enter")
                 await pilot.pause()
 
+            await until(lambda: "bob" in (app.client.users if app.client else ()))
             await enter("/name bob")
             await until(lambda: "✗ the name bob is taken" in app.transcript[-1], what="dup")
             await enter("/name x")
@@ -111,7 +119,7 @@ def test_commands_and_rejected_input(tmp_path: Path) -> None:
     run(main(), timeout=40)
 
 
-def test_files_both_ways_with_progress_and_save(tmp_path: Path) -> None:
+def test_files_are_offered_and_got_with_progress(tmp_path: Path) -> None:
     source = tmp_path / "report.bin"
     source.write_bytes(os.urandom(2 * 1024 * 1024 + 3))
 
@@ -120,30 +128,38 @@ def test_files_both_ways_with_progress_and_save(tmp_path: Path) -> None:
         app = make_app(server.port, "alice", tmp_path / "a")
         async with (
             Peer(server.port, "bob", downloads=tmp_path / "bob") as bob,
-            app.run_test(size=(100, 30)) as pilot,
+            app.run_test(size=(100, 14)) as pilot,
         ):
             await joined(app, "alice")
-            # Alice shares from the app; Bob receives it intact.
-            app.query_one("#input", Input).value = f"/send {source}"
-            await pilot.press("enter")
-            await until(lambda: bob.client.files and bob.client.files[0].state == "received")
-            assert digest(bob.client.save().saved_to or Path()) == digest(source)
             assert app.client is not None
-            await until(lambda: app.client.uploads[0].state == "sent", what="sent")
-            await until(lambda: "shared" in str(app.query("FileCard Static").first().render()))
-            # Bob shares; Alice's card fills its progress bar and /save keeps the file.
-            await bob.client.send_file(source)
-            await until(lambda: app.client.files and app.client.files[0].state == "received")
-            await pilot.pause()
+            # Alice offers from the app; Bob gets it intact.
+            await enter(pilot, app, f"/send {source}")
+            await until(lambda: bob.client.files, what="the offer")
+            bob.client.get()
+            await until(lambda: bob.client.files[1].state == "saved", what="bob's copy")
+            assert digest(bob.client.files[1].saved_to or Path()) == digest(source)
+            await until(lambda: "1 copy asked" in str(app.query("#log Static").last().render()))
+            # Bob offers; Alice's card says how to get it; /get N DIR puts it where she says.
+            await bob.client.offer_file(source)
+            await until(lambda: app.client.files, what="offer seen")
             card = app.query("FileCard").last()
-            assert card.query_one(ProgressBar).progress == source.stat().st_size
-            assert "/save 1 to keep it" in str(card.query_one(Static).render())
-            app.query_one("#input", Input).value = "/save"
-            await pilot.press("enter")
-            saved = app.client.files[0].saved_to
-            assert saved == tmp_path / "a" / "downloads" / "report.bin"
+            await until(lambda: "/get 2 to receive it" in str(card.query_one(Static).render()))
+            assert not card.query_one(ProgressBar).display
+            await enter(pilot, app, f"/get 2 {tmp_path / 'chosen'}")
+            await until(lambda: app.client.files[2].state == "saved", what="saved")
+            saved = app.client.files[2].saved_to
+            assert saved == tmp_path / "chosen" / "report.bin"
             assert digest(saved) == digest(source)
             await until(lambda: "saved to" in str(card.query_one(Static).render()), what="label")
+            await pilot.pause()
+            assert card.query_one(ProgressBar).progress == source.stat().st_size
+            # The card grew (its progress bar appeared, its label got longer) at the end of the
+            # log: its last row is in view, not cut off below.
+            log = app.query_one("#log", LogView)
+            await until(lambda: log.max_scroll_y > 0, what="a log taller than its view")
+            await until(
+                lambda: card.region.bottom == log.content_region.bottom, what="the end in view"
+            )
         await server.close()
 
     run(main(), timeout=40)
@@ -164,7 +180,10 @@ def test_server_lost_then_back(tmp_path: Path) -> None:
             await restarted.start(HOST, port)
             await until(lambda: restarted.names == ["alice"], what="back under the same name")
             await until(lambda: app.sub_title.startswith("alice @"), what="title")
-            assert sum("Connected to" in t for t in app.transcript) == 2
+            assert sum("Connected to" in t for t in app.transcript) == 1
+            await until(lambda: any("Reconnected to" in t for t in app.transcript))
+            # One line for the outage: the first reason, retries counted on it.
+            assert sum("✗ the server closed the connection" in t for t in app.transcript) >= 1
         await restarted.close()
 
     run(main(), timeout=40)
@@ -178,10 +197,135 @@ def test_embedded_server(tmp_path: Path) -> None:
         async with app.run_test(size=(100, 30)):
             await joined(app, "alice")
             assert app.port != 0
-            assert "others join with `sockety-chat join" in app.transcript[0]
+            assert app.transcript[0].startswith("── ")  # the day
+            assert "others join with `sockety-chat join" in app.transcript[1]
             async with Peer(app.port, "bob") as bob:
                 bob.client.typing("hi")
                 await until(lambda: "bob is typing: hi" in typing_text(app), what="typing")
                 assert not bob.of(TypingChanged)
 
     run(main(), timeout=40)
+
+
+def burst(app: ChatApp, text: str) -> None:
+    """Hands keys to the app the way its driver does, all at once (as a terminal delivers a
+    fast typist's or a paste's bytes), without waiting for any of them to be handled."""
+    driver = app._driver
+    assert driver is not None
+    for char in text:
+        if char == "\n":
+            event = events.Key("enter", "\r")
+        elif char == " ":
+            event = events.Key("space", " ")
+        else:
+            event = events.Key(char, char)
+        event.set_sender(app)
+        driver.send_message(event)
+
+
+def test_500_lines_typed_in_a_burst_arrive_once_each_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = await start_server()
+        app = make_app(server.port, "alice", tmp_path)
+        async with Peer(server.port, "bob") as bob, app.run_test(size=(100, 30)):
+            await joined(app, "alice")
+            lines = [f"rapid {i}" for i in range(500)]
+            burst(app, "".join(f"{line}\n" for line in lines))
+            await until(lambda: len(bob.of(ChatMessage)) >= 500, timeout=30, what="500 lines")
+            assert [m.content for m in bob.of(ChatMessage)] == lines
+            assert all(m.author == "alice" for m in bob.of(ChatMessage))
+            assert app.query_one("#input", Input).value == ""
+            assert app.client is not None
+            await until(lambda: app.client is not None and app.client.pending == 0)
+            assert not any("✗" in t for t in app.transcript)
+            # The log keeps the latest 500 entries.
+            log = app.query_one("#log", LogView)
+            await until(lambda: any("rapid 499" in t for t in app.transcript), what="echoes")
+            await until(lambda: len(log.children) == 500, what="the oldest entries gone")
+        await server.close()
+
+    run(main(), timeout=60)
+
+
+def test_a_500_line_paste_is_sent_line_by_line(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = await start_server()
+        app = make_app(server.port, "alice", tmp_path)
+        async with Peer(server.port, "bob") as bob, app.run_test(size=(100, 30)) as pilot:
+            await joined(app, "alice")
+            lines = [f"pasted line {i}" for i in range(500)]
+            lines[7] = "/quit is text here, not a command"
+            await pilot.press(*"say: ")
+            # A paste: its lines are sent (what was typed before joins the first one); the
+            # last line, without a newline after it, waits in the input as in a shell.
+            driver = app._driver
+            assert driver is not None
+            paste = events.Paste("\r\n".join(lines) + "\r\nunfinished")
+            paste.set_sender(app)
+            driver.send_message(paste)
+            await until(lambda: len(bob.of(ChatMessage)) >= 500, timeout=30, what="500 lines")
+            assert [m.content for m in bob.of(ChatMessage)] == ["say: " + lines[0], *lines[1:]]
+            assert app.query_one("#input", Input).value == "unfinished"
+            assert app.is_running
+            await until(lambda: any("pasted 500 lines" in t for t in app.transcript))
+        await server.close()
+
+    run(main(), timeout=60)
+
+
+def test_history_scrolling_marker_and_following(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = await start_server()
+        app = make_app(server.port, "alice", tmp_path)
+        async with Peer(server.port, "bob") as bob, app.run_test(size=(80, 24)) as pilot:
+            await joined(app, "alice")
+            await enter(pilot, app, "first line")
+            await enter(pilot, app, "/me waves")
+            box = app.query_one("#input", Input)
+            await pilot.press(*"draft")
+            await pilot.press("up")
+            assert box.value == "/me waves"
+            await pilot.press("up")
+            assert box.value == "first line"
+            await pilot.press("down", "down")
+            assert box.value == "draft"  # back to what was being typed
+            await until(lambda: any("* alice waves" in t for t in app.transcript))
+            # Enough to scroll; the log follows the end.
+            for i in range(40):
+                await bob.client.say(f"filler {i}")
+            await until(lambda: any("filler 39" in t for t in app.transcript))
+            await pilot.pause()
+            log = app.query_one("#log", LogView)
+            await until(lambda: log.scroll_y == log.max_scroll_y > 0, what="at the end")
+            # PgUp from the input scrolls back; new messages are counted below.
+            await pilot.press("pageup")
+            await pilot.pause()
+            assert not log.following and log.scroll_y < log.max_scroll_y
+            await bob.client.say("while you read")
+            await bob.client.say("and another")
+            below = app.query_one("#below", Static)
+            await until(lambda: below.has_class("-shown"), what="marker")
+            await until(lambda: "2 new messages below" in str(below.render()))
+            # PgDn back to the end: the marker goes, the log follows again.
+            for _ in range(5):
+                await pilot.press("pagedown")
+            await pilot.pause()
+            await until(lambda: log.following and not below.has_class("-shown"), what="back")
+            # A resize keeps the end in view.
+            await pilot.resize_terminal(80, 14)
+            await pilot.pause()
+            await bob.client.say("after the resize")
+            await until(lambda: any("after the resize" in t for t in app.transcript))
+            await pilot.pause()
+            await until(lambda: log.scroll_y == log.max_scroll_y, what="following")
+            # @mention: highlighted, with a bell and a notification.
+            await bob.client.say("ping @alice")
+            await until(lambda: app._notifications, what="a notification")
+            # /msg: only Bob gets it.
+            await enter(pilot, app, "/msg bob just you")
+            await until(lambda: bob.of(PrivateMessage), what="private")
+            assert bob.of(PrivateMessage)[0].content == "just you"
+            await until(lambda: any("alice → bob (private): just you" in t for t in app.transcript))
+        await server.close()
+
+    run(main(), timeout=60)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import socket
 import ssl
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -147,5 +149,49 @@ def test_client_handler_receives_pushes(run: Any) -> None:
             await client.request(Draft("ping")())
             assert server.broadcast(Draft("news", data="msgpack")("hello")) == 1
             assert await got.get() == "hello"
+
+    run(main())
+
+
+def test_a_misspelled_option_is_a_type_error_at_once() -> None:
+    # No loop, no socket: the call itself fails (it used to connect, then misbehave).
+    with pytest.raises(TypeError, match=r"'idle_timout' \(did you mean 'idle_timeout'\?\)"):
+        connect(HOST, 9, idle_timout=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'$"):
+        connect(HOST, 9, colour="blue")
+
+
+def _keyword_parameters(source: Path) -> set[str]:
+    """The keyword-only parameters of ``Connection.__init__`` in ``source``."""
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == "Connection":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    return {argument.arg for argument in item.args.kwonlyargs}
+    raise AssertionError(f"no Connection.__init__ in {source}")
+
+
+def test_every_connection_option_is_accepted() -> None:
+    # The list connect() checks against matches both connections' signatures (read from the
+    # sources: the compiled build keeps no signatures).
+    from sockety.client._connect import _OPTIONS
+
+    core = Path(__file__).parents[2] / "core" / "src" / "sockety" / "core"
+    options = _keyword_parameters(core / "aio" / "_connection.py")
+    limits = _keyword_parameters(core / "_connection.py")
+    assert options and limits
+    assert options | limits == _OPTIONS
+    every: dict[str, Any] = dict.fromkeys(_OPTIONS, 1)
+    connect(HOST, 9, **every)  # accepted (not connected: never awaited)
+
+
+def test_limits_given_to_connect_reach_the_connection(run: Any) -> None:
+    async def main() -> None:
+        async with (
+            serve(ok_router()) as server,
+            connect(HOST, server.port, send_channels=3, idle_timeout=None) as client,
+        ):
+            assert client.channels == 3  # min(the server's 4096, our 3)
+            assert await client.request(Draft("ping")()) == FastReply.ACCEPT
 
     run(main())

@@ -90,3 +90,28 @@ def tcp(request: pytest.FixtureRequest) -> Net:
 
 
 Factory = Callable[[], Any]
+
+
+class Gate:
+    """Holds handlers until ``released`` is set; ``arrived`` is set once ``expected`` of them are
+    held: a test knows its requests reached their handlers without waiting blindly."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.held = 0
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def hold(self) -> None:
+        self.held += 1
+        if self.held >= self.expected:
+            self.arrived.set()
+        await self.released.wait()
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10, step: float = 0.01) -> None:
+    """Polls ``predicate`` until true, within ``timeout`` seconds: only for state that has no
+    event to wait for (a gauge, a flag of the server's); everything else awaits an event."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling is the point, bounded
+            await asyncio.sleep(step)

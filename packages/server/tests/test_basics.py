@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sockety.client import (
+    Connection,
     ConnectionClosedError,
     ConnectionLostError,
     Draft,
@@ -54,7 +55,7 @@ def make_router() -> Router:
 
     @router.action("silent")
     async def on_silent(message: Message) -> None:
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never answers
 
     return router
 
@@ -150,9 +151,12 @@ def test_server_pushes_to_client_and_client_answers(net: Net) -> None:
         return 7
 
     async def main() -> None:
-        async with net.pair(make_router(), {"handler": client_router}) as (server, client):
-            await asyncio.sleep(0)
-            (connection,) = server.connections
+        accepted: asyncio.Queue[Connection] = asyncio.Queue()
+        async with net.pair(
+            make_router(), {"handler": client_router}, on_connect=accepted.put_nowait
+        ) as (server, client):
+            connection = await accepted.get()
+            assert server.connections == {connection}
             reply = await connection.request(Draft("notify", data="msgpack")("hi"))
             assert isinstance(reply, Response) and reply.msgpack() == {"seen": "hi"}
             assert await connection.request(Draft("ask")()) == 7
@@ -164,9 +168,9 @@ def test_server_pushes_to_client_and_client_answers(net: Net) -> None:
 
 def test_iterate_messages_without_handler(tcp: Net) -> None:
     async def main() -> None:
-        async with tcp.pair(make_router()) as (server, client):
-            await asyncio.sleep(0)
-            (connection,) = server.connections
+        accepted: asyncio.Queue[Connection] = asyncio.Queue()
+        async with tcp.pair(make_router(), on_connect=accepted.put_nowait) as (server, client):
+            connection = await accepted.get()
             connection.send_nowait(Draft("a")())
             connection.send_nowait(Draft("b", data="bytes")(b"x"))
             names = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -27,25 +28,27 @@ from sockety.client import (
     Router,
     connect,
 )
+from sockety.core._encoding import message_header_packet
 from sockety.server import serve
 
-from .conftest import HOST, Net
+from .conftest import HOST, Gate, Net, until
 
 ping = Draft("ping")
-slow = Draft("slow", data="msgpack")
+held = Draft("held")
 hang = Draft("hang")
 
 
-def router() -> Router:
+def router(gate: Gate | None = None) -> Router:
     router = Router()
 
     @router.action("ping")
     def on_ping(message: Message) -> int:
         return FastReply.ACCEPT
 
-    @router.action("slow")
-    async def on_slow(message: Message) -> int:
-        await asyncio.sleep(float(message.msgpack()))
+    @router.action("held")
+    async def on_held(message: Message) -> int:
+        assert gate is not None
+        await gate.hold()
         return FastReply.ACCEPT
 
     @router.action("hang")
@@ -56,11 +59,13 @@ def router() -> Router:
 
 
 def test_graceful_server_close_during_100_in_flight_requests(net: Net) -> None:
+    gate = Gate(100)
+
     async def main() -> None:
-        server = await net.serve(router())
+        server = await net.serve(router(gate))
         client = await net.connect(server)
-        requests = [client.request(slow(0.2)) for _ in range(100)]
-        await asyncio.sleep(0.05)  # let them reach the server
+        requests = [client.request(held()) for _ in range(100)]
+        await gate.arrived.wait()  # all 100 are being handled
         closing = server.close(timeout=5)
         # Go Away reaches the client: new requests are refused at once, clearly.
         await client.wait_going_away()
@@ -69,6 +74,8 @@ def test_graceful_server_close_during_100_in_flight_requests(net: Net) -> None:
         # ... and new connections are refused too.
         with pytest.raises(ConnectError):
             await connect(HOST, server.port, ssl=net.client_ssl, connect_timeout=2)
+        assert client.pending_requests == 100  # none answered or failed meanwhile
+        gate.released.set()
         assert await asyncio.gather(*requests) == [FastReply.ACCEPT] * 100
         await closing
         await client.wait_closed()
@@ -103,18 +110,28 @@ def test_1000_concurrent_requests_through_16_channels(net: Net) -> None:
 
 def test_peer_closes_socket_mid_request(tcp: Net) -> None:
     async def main() -> None:
-        async with tcp.serve(router()) as server:
-            client = await tcp.connect(server)
+        # A raw peer: it sends its header, reads our request, then its socket just goes away
+        # (a reset: SO_LINGER 0).
+        got_request = asyncio.Event()
+
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"\xe3")
+            request = message_header_packet(bytes(16), b"hang", 0, (), False, True)
+            await reader.readexactly(1 + len(request))  # the client's header and request
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            got_request.set()
+            writer.transport.abort()
+
+        listener = await asyncio.start_server(peer, HOST, 0)
+        async with listener, connect(HOST, listener.sockets[0].getsockname()[1]) as client:
             request = client.request(hang())
-            await asyncio.sleep(0.05)
-            (connection,) = server.connections
-            assert connection._transport is not None
-            connection._transport.abort()  # the socket just goes away
+            await got_request.wait()
             started = time.monotonic()
             with pytest.raises(ConnectionLostError) as error:
                 await request
             assert time.monotonic() - started < 1
-            assert "during an exchange" in str(error.value) or "lost" in str(error.value)
+            assert error.value.kind == "lost"
 
     tcp.run(main())
 
@@ -211,18 +228,20 @@ def test_protocol_error_reason_is_typed(tcp: Net) -> None:
 def test_idle_peer_is_closed_and_heartbeats_keep_a_quiet_one_alive(tcp: Net) -> None:
     async def main() -> None:
         async with tcp.serve(router(), idle_timeout=0.3, heartbeat_interval=None) as server:
-            # A quiet client that heartbeats stays connected past the idle timeout.
+            # A quiet client that heartbeats ...
             client = await tcp.connect(server, heartbeat_interval=0.05, idle_timeout=None)
-            await asyncio.sleep(0.8)
+            # ... outlives two raw peers, opened after it one after the other, that send their
+            # header and then nothing: each is closed by the timeout.
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(HOST, server.port)
+                writer.write(b"\xe3")
+                started = time.monotonic()
+                assert await reader.read(1) == b"\xe3"
+                assert await asyncio.wait_for(reader.read(), 3) == b""
+                assert 0.25 < time.monotonic() - started < 1.5
+                writer.close()
+            assert not client.closed
             assert await client.request(ping()) == FastReply.ACCEPT
-            # A raw peer that sends its header and then nothing is closed by the timeout.
-            reader, writer = await asyncio.open_connection(HOST, server.port)
-            writer.write(b"\xe3")
-            started = time.monotonic()
-            assert await reader.read(1) == b"\xe3"
-            assert await asyncio.wait_for(reader.read(), 3) == b""
-            assert 0.25 < time.monotonic() - started < 1.5
-            writer.close()
             await client.close()
 
     tcp.run(main())
@@ -285,9 +304,7 @@ def test_a_peer_that_never_reads_answers_cannot_grow_our_memory() -> None:
                 with contextlib.suppress(TimeoutError):  # it may block: we stopped reading
                     await asyncio.wait_for(loop.sock_sendall(sock, wire), 2)
                 connection = await accepted.get()
-                async with asyncio.timeout(10):  # no event says so: watch the flag, bounded
-                    while not connection._backlog_paused:  # noqa: ASYNC110 - reading paused
-                        await asyncio.sleep(0.01)
+                await until(lambda: connection._backlog_paused)  # no event says so
                 assert connection.bytes_sent < 64 * 1024 * 1024  # far from 20,000 answers
                 peak = tracemalloc.get_traced_memory()[1]
                 sock.close()

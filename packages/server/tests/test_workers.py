@@ -60,7 +60,9 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(start: Any, tmp_path: P
 
             # In flight on every connection (so on both workers), then SIGTERM.
             in_flight = [client.request(slow(0.5)) for client in clients]
-            await asyncio.sleep(0.1)
+            # A connection's messages are handled in order: the answer to a later one says
+            # that its slow request reached its worker and is being handled.
+            await asyncio.gather(*(client.request(pid()) for client in clients))
             server.signal(signal.SIGTERM)
             replies = await asyncio.gather(*in_flight)
             assert replies == [FastReply.ACCEPT] * 40  # none lost

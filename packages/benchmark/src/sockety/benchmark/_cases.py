@@ -53,6 +53,14 @@ FILE_MEM: Final = Case("file-mem", "1 MiB file sent from memory", unit="MB", bod
 FILE_DISK: Final = Case(
     "file-disk", "1 MiB file read from disk for every request", unit="MB", body=MIB
 )
+NAGLE_1M: Final = Case(
+    "nagle-1m",
+    "1 MiB body, one at a time, from a client with Nagle on whose last small packets follow "
+    "a pause (as a Node.js client's may)",
+    unit="MB",
+    body=MIB,
+    max_inflight=1,
+)
 STREAM: Final = Case(
     "stream",
     "download stream of 64 KiB chunks (16 MiB per stream)",
@@ -77,6 +85,7 @@ CASES: Final[tuple[Case, ...]] = (
     DATA_4M,
     FILE_MEM,
     FILE_DISK,
+    NAGLE_1M,
     STREAM,
     FAIRNESS,
 )

@@ -23,6 +23,7 @@ from typing import Any, Final, cast
 import msgpack
 
 from ._cases import REGULAR_RESPONSE
+from ._paced import write_paced
 
 __all__ = [
     "BIG",
@@ -86,6 +87,10 @@ class _Framed(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         # Keep a few large bodies queued so the socket never runs dry between them.
         self._transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_HIGH // 4)
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
@@ -273,6 +278,18 @@ class RawClientProtocol(_Framed):
         fut = self._loop.create_future()
         self._pending[fid] = fut
         return fut
+
+    async def request_paced(self, ftype: int, body: bytes) -> Any:
+        """``request``, written as :func:`sockety.benchmark._paced.write_paced` does (the
+        ``nagle-1m`` case; the transport has Nagle on)."""
+        transport = self._transport
+        if transport is None:
+            raise ConnectionResetError("connection closed")
+        self._next_id = fid = (self._next_id + 1) & 0xFFFFFFFF
+        fut = self._loop.create_future()
+        self._pending[fid] = fut
+        await write_paced(transport, (HEADER.pack(len(body), fid, ftype), body))
+        return await fut
 
     def send(self, ftype: int, body: Body = b"") -> asyncio.Future[None]:
         """Fire-and-forget; the returned future waits only for transport backpressure."""

@@ -29,6 +29,7 @@ from ._cases import (
     FAIRNESS,
     FILE_DISK,
     FILE_MEM,
+    NAGLE_1M,
     NOREPLY,
     PING,
     REGULAR,
@@ -80,6 +81,11 @@ class Connection:
         """``fairness``: the 64 MiB transfer, the way this protocol would carry it (default:
         ``upload``)."""
         return self.upload(body)
+
+    def upload_paced(self, body: bytes) -> Awaitable[Any]:
+        """``nagle-1m``: ``upload``, from a connection with Nagle on, its last small packets
+        written after a pause (see ``sockety.benchmark._paced``)."""
+        raise NotImplementedError
 
     def upload_memory_file(self, body: bytes) -> Awaitable[Any]:
         """``file-mem``: send ``body`` as a file, if the protocol has files. Default: upload."""
@@ -266,6 +272,9 @@ async def run_case_default(
         if case in (DATA_1M, DATA_4M):
             body = bodies[case.body]
             return lambda: conn.upload(body)
+        if case is NAGLE_1M:
+            paced_body = bodies[case.body]
+            return lambda: conn.upload_paced(paced_body)
         if case is FILE_MEM:
             file_body = bodies[case.body]
             return lambda: conn.upload_memory_file(file_body)

@@ -1,7 +1,7 @@
 """sockety.chat: a terminal chat on Sockety (the ``sockety-chat`` command).
 
-The UI-free parts are importable: :class:`ChatServer` (names, broadcasts, typing and file relays)
-and :class:`ChatClient` (reconnects with backoff, reports typed events).
+The UI-free parts are importable: :class:`ChatServer` (its :class:`Room` holds the state and
+the fan-out) and :class:`ChatClient` (reconnects with backoff, reports typed events).
 """
 
 from ._client import (
@@ -12,16 +12,18 @@ from ._client import (
     Connected,
     Disconnected,
     FileUpdated,
+    GaveUp,
     IncomingFile,
     LoggedIn,
     NameChanged,
     OutgoingFile,
+    PrivateMessage,
     SystemNotice,
     TypingChanged,
     UploadUpdated,
     UsersChanged,
 )
-from ._server import ChatServer
+from ._server import ChatServer, Member, Offer, Room
 
 __all__ = [
     "ChatClient",
@@ -32,10 +34,15 @@ __all__ = [
     "Connected",
     "Disconnected",
     "FileUpdated",
+    "GaveUp",
     "IncomingFile",
     "LoggedIn",
+    "Member",
     "NameChanged",
+    "Offer",
     "OutgoingFile",
+    "PrivateMessage",
+    "Room",
     "SystemNotice",
     "TypingChanged",
     "UploadUpdated",

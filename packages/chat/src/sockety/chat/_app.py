@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import signal
 import ssl as ssl_module
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +22,8 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
 from textual.widgets import Footer, Header, Input, ProgressBar, Static
 
 from . import _protocol as p
@@ -30,14 +35,18 @@ from ._client import (
     Connected,
     Disconnected,
     FileUpdated,
+    GaveUp,
     IncomingFile,
     LoggedIn,
     NameChanged,
     OutgoingFile,
+    PrivateMessage,
     SystemNotice,
     TypingChanged,
     UploadUpdated,
     UsersChanged,
+    clean_leftovers,
+    describe_error,
 )
 from ._server import ChatServer
 
@@ -60,13 +69,16 @@ _MAX_ENTRIES = 500
 
 HELP = [
     "Commands:",
-    "  /name NEW    change your name (3-50 letters, digits, _ or -)",
-    "  /users       list who is here",
-    "  /send PATH   share a file (everyone sees its progress)",
-    "  /save [N]    save file #N (the latest by default) into the downloads directory",
-    "  /files       list the files shared with you",
-    "  /help        this help;  /quit (or Ctrl+Q) leaves",
-    "Anything else is sent as a message: Tab completes @names, // sends a leading /.",
+    "  /name NEW         change your name (3-50 letters, digits, _ or -)",
+    "  /me ACTION        say what you do (* alice waves)",
+    "  /msg NAME TEXT    a private message: only NAME sees it",
+    "  /users            list who is here",
+    "  /send PATH        offer a file: others take it with /get",
+    "  /get [N] [DIR]    receive file #N (the latest by default) into DIR (or downloads)",
+    "  /files            list the files offered to you",
+    "  /reconnect        try again after the chat gave up;  /help this help",
+    "  /quit (Ctrl+Q)    leave",
+    "Up/Down: lines you entered; PgUp/PgDn: scroll; Tab completes @names; // sends a leading /.",
 ]
 
 
@@ -85,16 +97,107 @@ def human_size(size: int) -> str:
 
 
 class ChatInput(Input):
-    """The message input: Tab completes @mentions (cycling through the matches)."""
+    """The message input: Enter takes the line at once (see ``action_submit``), Up/Down walk
+    the lines entered before, Tab completes @mentions (cycling through the matches), PgUp/PgDn
+    scroll the log, and a multi-line paste is sent line by line."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("tab", "complete", "Complete @name", priority=True),
+        # (Shown in the footer; the keys are handled in _on_key, see there.)
+        Binding("tab", "complete", "Complete @name"),
+        Binding("pageup", "scroll_log(-1)", "Scroll up", show=False),
+        Binding("pagedown", "scroll_log(1)", "Scroll down", show=False),
     ]
 
-    def __init__(self, names: Callable[[], list[str]], **options: Any) -> None:
+    class Pasted(Message):
+        """Complete lines of a multi-line paste, to be sent as they are (never commands)."""
+
+        def __init__(self, lines: list[str]) -> None:
+            super().__init__()
+            self.lines = lines
+
+    def __init__(
+        self, names: Callable[[], list[str]], *, history: int = 200, **options: Any
+    ) -> None:
         super().__init__(**options)
         self._names = names
         self._cycle: tuple[str, str, list[str], int] | None = None  # before, after, matches, i
+        self.history: deque[str] = deque(maxlen=history)
+        self._browsing: int | None = None  # index into history while walking it
+        self._draft = ""  # what was typed before walking the history
+
+    async def _on_key(self, event: events.Key) -> None:
+        """Enter, Tab and Up/Down act here, in the order keys arrive.
+
+        Why: a key binding runs once the key has bubbled up to the app, later than this widget
+        handles the keys that follow it (``Input`` inserts printable keys in its own
+        ``_on_key``). In a burst (a fast typist, a paste through a terminal without bracketed
+        paste) the next line's characters landed before Enter took the line: lines ran
+        together (``rapid 3rapid 4``), and clearing the input afterwards lost some."""
+        key = event.key
+        if key == "enter":
+            await self.action_submit()
+        elif key == "tab":
+            self.action_complete()
+        elif key in ("up", "down"):
+            self.action_history(-1 if key == "up" else 1)
+        else:
+            return  # Input._on_key inserts it
+        event.stop()
+        event.prevent_default()
+
+    async def action_submit(self) -> None:
+        """Takes the line and clears the input *here*, before the next key is handled:
+        ``Input.Submitted`` is handled later, by the app, and clearing the input from there (as
+        before) erased what had been typed since."""
+        value = self.value
+        self.value = ""
+        self._browsing = None
+        self._cycle = None
+        if value.strip() and (not self.history or self.history[-1] != value):
+            self.history.append(value)
+        self.post_message(self.Submitted(self, value))
+
+    def action_history(self, step: int) -> None:
+        if not self.history:
+            return
+        if self._browsing is None:
+            if step > 0:
+                return
+            self._draft = self.value
+            index = len(self.history) - 1
+        else:
+            index = self._browsing + step
+        if index < 0:
+            self.app.bell()
+            return
+        if index >= len(self.history):
+            self._browsing = None
+            self.value = self._draft
+        else:
+            self._browsing = index
+            self.value = self.history[index]
+        self.cursor_position = len(self.value)
+
+    def action_scroll_log(self, direction: int) -> None:
+        log = self.app.query_one("#log", LogView)
+        if direction < 0:
+            log.scroll_page_up(animate=False)
+        else:
+            log.scroll_page_down(animate=False)
+
+    def _on_paste(self, event: events.Paste) -> None:
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" not in text:
+            super()._on_paste(event)
+            return
+        event.stop()
+        event.prevent_default()
+        cursor = self.cursor_position
+        after = self.value[cursor:]
+        *lines, rest = (self.value[:cursor] + text + after).split("\n")
+        self.value = rest
+        self.cursor_position = len(rest) - len(after)  # where the paste ended
+        self.post_message(self.Pasted(lines))
 
     def action_complete(self) -> None:
         value, cursor = self.value, self.cursor_position
@@ -125,6 +228,27 @@ class ChatInput(Input):
         return f"{before}@{matches[index]} {after}"
 
 
+class LogView(VerticalScroll):
+    """The message log: anchored to its end (it follows new entries, growing entries and
+    resizes) until the user scrolls up; then new entries are counted for the marker below."""
+
+    following: reactive[bool] = reactive(True)
+
+    def on_mount(self) -> None:
+        self.anchor()
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new >= self.max_scroll_y - 1:
+            self.following = True
+        elif new < old:
+            self.following = False
+
+    def on_resize(self) -> None:
+        if self.following:
+            self.call_after_refresh(self.scroll_end, animate=False, immediate=True)
+
+
 class FileCard(Vertical):
     """A shared file in the log: who, what, and a progress bar."""
 
@@ -151,17 +275,25 @@ class ChatApp(App[None]):
     TITLE = "Sockety chat"
     CSS = """
     #main { height: 1fr; }
-    #log { width: 1fr; border: round $primary; padding: 0 1; }
+    #left { width: 1fr; }
+    #log { height: 1fr; border: round $primary; padding: 0 1; }
     #log > Static { height: auto; }
+    #below { height: 1; display: none; background: $accent; color: $text; padding: 0 2; }
+    #below.-shown { display: block; }
     #side { width: 28; border: round $secondary; padding: 0 1; }
     #typing { height: auto; max-height: 5; padding: 0 2; color: $text-muted; }
     #typing.-empty { display: none; }
     #input { margin: 0 0; }
+    /* Notifications (mentions, private messages) at the top: never over what one types. */
+    ToastRack { dock: top; align: right top; margin-top: 1; margin-bottom: 0; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
-        Binding("ctrl+s", "save", "Save latest file"),
+        Binding("ctrl+g", "get", "Get the latest file"),
+        Binding("ctrl+end", "follow", "Latest messages", show=False),
     ]
+    #: Seconds a mention's or private message's notification stays.
+    ALERT_TIMEOUT = 4.0
 
     def __init__(
         self,
@@ -176,32 +308,37 @@ class ChatApp(App[None]):
         backoff: tuple[float, float] = (0.5, 10.0),
         clock: Callable[[], datetime] = p.iso_now,
         timezone: tzinfo | None = None,
-        others: Sequence[tuple[str, int]] = (),
+        **client_options: Any,
     ) -> None:
         super().__init__()
         self.host, self.port = host, port
-        self._others = tuple(others)  # where to reconnect too (clustered servers)
         self._name, self._ssl, self._server, self._server_ssl = name, ssl, server, server_ssl
         self._downloads, self._backoff = downloads, backoff
         self._clock, self._tz = clock, timezone
+        self._client_options = client_options
         self.client: ChatClient | None = None
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._typers: dict[str, tuple[str, str]] = {}
         self._file_cards: dict[int, FileCard] = {}
-        self._upload_cards: dict[int, FileCard] = {}
+        self._upload_cards: dict[int, Static] = {}
         self._stopping: asyncio.Task[None] | None = None
         self._retrying: Static | None = None
         self._quitting: asyncio.Task[None] | None = None
-        #: Every log line as plain text (what tests and screen readers look at).
-        self.transcript: list[str] = []
+        self._last_day: str | None = None
+        self._unseen = 0
+        self._entries: deque[Static | FileCard] = deque()
+        #: The log's lines as plain text, the latest 5000 (what tests and screen readers read).
+        self.transcript: deque[str] = deque(maxlen=5000)
 
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="main"):
-            yield VerticalScroll(id="log")
+            with Vertical(id="left"):
+                yield LogView(id="log")
+                yield Static(id="below")
             with Vertical(id="side"):
                 yield Static(id="users")
         yield Static(id="typing", classes="-empty")
@@ -215,11 +352,21 @@ class ChatApp(App[None]):
         self.query_one("#side").border_title = "Users"
         self.sub_title = "connecting…"
         self.query_one("#input", Input).focus()
+        self.watch(self.query_one("#log", LogView), "following", self._following_changed)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            # The terminal closed: leave as with Ctrl+Q, so unfinished downloads are removed.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+        removed = await asyncio.to_thread(clean_leftovers)
+        if removed:
+            self.notice(f"removed {removed} unfinished download(s) of an earlier session")
         if self._server is not None:
             try:
                 await self._server.start(self.host, self.port, ssl=self._server_ssl)
             except OSError as error:
-                self.notice(f"could not start the server on {self.host}:{self.port}: {error}")
+                self.error(
+                    f"could not start the server on {self.host}:{self.port}: "
+                    f"{describe_error(error)}"
+                )
                 return
             self.port = self._server.port
             self.notice(
@@ -235,9 +382,13 @@ class ChatApp(App[None]):
             on_event=self.on_chat_event,
             backoff=self._backoff,
             downloads=self._downloads,
-            others=self._others,
+            **self._client_options,
         )
         self.notice("Type /help for commands.", style="dim")
+        self._start_client()
+
+    def _start_client(self) -> None:
+        assert self.client is not None
         self._runner = asyncio.get_running_loop().create_task(self.client.run())
 
     async def action_quit(self) -> None:
@@ -271,41 +422,68 @@ class ChatApp(App[None]):
 
     # -- the log ---------------------------------------------------------------------------------
 
-    def _time(self, moment: datetime | None) -> str:
-        moment = moment or self._clock()
-        return moment.astimezone(self._tz).strftime("%H:%M")
+    def _local(self, moment: datetime | None) -> datetime:
+        return (moment or self._clock()).astimezone(self._tz)
 
-    def _append(self, widget: Static | FileCard, plain: str) -> None:
-        log = self.query_one("#log", VerticalScroll)
-        at_end = log.scroll_y >= log.max_scroll_y - 1
+    def _time(self, moment: datetime | None) -> str:
+        return self._local(moment).strftime("%H:%M")
+
+    def _append(self, widget: Static | FileCard, plain: str, moment: datetime | None) -> None:
+        log = self.query_one("#log", LogView)
+        day = self._local(moment).strftime("%A %d %B %Y")
+        if day != self._last_day:  # a day separator, as chat clients do
+            self._last_day = day
+            separator = Static(Text(f"── {day} ──", "dim"))
+            self.transcript.append(f"── {day} ──")
+            self._mount_entry(log, separator)
         self.transcript.append(plain)
+        self._mount_entry(log, widget)
+        if not log.following:
+            self._unseen += 1
+            self._show_below()
+
+    def _mount_entry(self, log: LogView, widget: Static | FileCard) -> None:
+        """Mounts an entry; the oldest goes past ``_MAX_ENTRIES`` (the log stays cheap)."""
+        self._entries.append(widget)
         log.mount(widget)
-        children = log.children
-        if len(children) > _MAX_ENTRIES:
-            children[0].remove()
-        if at_end:
-            log.scroll_end(animate=False)
+        if len(self._entries) > _MAX_ENTRIES:
+            self._entries.popleft().remove()
+
+    def _following_changed(self, following: bool) -> None:
+        if following:
+            self._unseen = 0
+        self._show_below()
+
+    def _show_below(self) -> None:
+        below = self.query_one("#below", Static)
+        shown = self._unseen > 0 and not self.query_one("#log", LogView).following
+        if shown:
+            plural = "s" if self._unseen != 1 else ""
+            below.update(f"↓ {self._unseen} new message{plural} below — PgDn or Ctrl+End")
+        below.set_class(shown, "-shown")
+
+    def action_follow(self) -> None:
+        self.query_one("#log", LogView).scroll_end(animate=False)
 
     def notice(self, content: str, *, date: datetime | None = None, style: str = "italic") -> None:
         """A system notice in the log."""
         line = Text.assemble((f"{self._time(date)} ", "dim"), ("— ", "dim"), (content, style))
-        self._append(Static(line), f"{self._time(date)} — {content}")
+        self._append(Static(line), f"{self._time(date)} — {content}", date)
 
     def error(self, content: str) -> Static:
         """A rejected input or a failure, in the log."""
         line = Text.assemble((f"{self._time(None)} ", "dim"), (f"✗ {content}", "bold red"))
         widget = Static(line)
-        self._append(widget, f"{self._time(None)} ✗ {content}")
+        self._append(widget, f"{self._time(None)} ✗ {content}", None)
         return widget
 
-    def _chat_line(self, message: ChatMessage) -> None:
-        me = self.client.name if self.client else None
-        mine = me is not None and message.author == me
+    def _body(self, content: str, me: str | None) -> tuple[Text, bool]:
+        """The text with @mentions colored; whether it mentions ``me``."""
         mentioned = False
         body = Text()
         position = 0
-        for match in _MENTION.finditer(message.content):
-            body.append(message.content[position : match.start()])
+        for match in _MENTION.finditer(content):
+            body.append(content[position : match.start()])
             who = match.group(1)
             if me is not None and who.casefold() == me.casefold():
                 mentioned = True
@@ -313,24 +491,64 @@ class ChatApp(App[None]):
             else:
                 body.append(match.group(0), f"bold {color_of(who)}")
             position = match.end()
-        body.append(message.content[position:])
+        body.append(content[position:])
+        return body, mentioned
+
+    def _chat_line(self, message: ChatMessage) -> None:
+        me = self.client.name if self.client else None
+        mine = me is not None and message.author == me
+        body, mentioned = self._body(message.content, me)
+        stamp = self._time(message.date)
+        author_style = f"bold {color_of(message.author)}" + (" underline" if mine else "")
+        if message.me:
+            line = Text.assemble(
+                (f"{stamp} ", "dim"), ("* ", "italic"), (message.author, author_style), " ", body
+            )
+            line.stylize("italic", len(stamp) + 1)
+            plain = f"{stamp} * {message.author} {message.content}"
+        else:
+            line = Text.assemble((f"{stamp} ", "dim"), (message.author, author_style), ": ", body)
+            plain = f"{stamp} {message.author}: {message.content}"
+        widget = Static(line)
+        if mentioned and not mine:
+            widget.styles.background = "#3b3000"
+            self._alert(f"{message.author} mentioned you", message.content)
+        self._append(widget, plain, message.date)
+
+    def _private_line(self, message: PrivateMessage) -> None:
+        me = self.client.name if self.client else None
+        body, _ = self._body(message.content, me)
         stamp = self._time(message.date)
         line = Text.assemble(
             (f"{stamp} ", "dim"),
-            (message.author, f"bold {color_of(message.author)}" + (" underline" if mine else "")),
-            ": ",
+            (message.author, f"bold {color_of(message.author)}"),
+            (" → ", "bold magenta"),
+            (message.to, f"bold {color_of(message.to)}"),
+            (" (private): ", "magenta"),
             body,
         )
         widget = Static(line)
-        if mentioned:
-            widget.styles.background = "#3b3000"
-        self._append(widget, f"{stamp} {message.author}: {message.content}")
+        widget.styles.background = "#2a0030"
+        if message.author != me:
+            self._alert(f"{message.author} (private)", message.content)
+        self._append(
+            widget, f"{stamp} {message.author} → {message.to} (private): {message.content}", None
+        )
+
+    def _alert(self, title: str, content: str) -> None:
+        """A bell, and a notification that stays a few seconds."""
+        self.bell()
+        self.notify(content[:120], title=title, timeout=self.ALERT_TIMEOUT)
 
     # -- events from the client ------------------------------------------------------------------
 
     def on_chat_event(self, event: ChatEvent) -> None:
+        if self._stopping is not None or not self.is_running:
+            return  # leaving: the screen is going away
         if isinstance(event, ChatMessage):
             self._chat_line(event)
+        elif isinstance(event, PrivateMessage):
+            self._private_line(event)
         elif isinstance(event, SystemNotice):
             self.notice(event.content, date=event.date)
         elif isinstance(event, TypingChanged):
@@ -343,26 +561,49 @@ class ChatApp(App[None]):
             self._render_users()
         elif isinstance(event, Connected):
             self._retrying = None
-            self.notice(f"Connected to {self.shown_address()}", style="green")
+            if event.again:
+                self.notice(f"Reconnected to {self.shown_address()}", style="bold green")
+            else:
+                self.notice(f"Connected to {self.shown_address()}", style="green")
         elif isinstance(event, LoggedIn):
             self._update_title()
         elif isinstance(event, NameChanged):
             self._update_title()
             self._render_users()
         elif isinstance(event, Disconnected):
+            self._disconnected(event)
+        elif isinstance(event, GaveUp):
             self._typers.clear()
             self._render_typing()
-            self.sub_title = "reconnecting…"
-            text = f"{event.reason}; reconnecting in {event.retry_in:.1f} s"
-            if self._retrying is None:  # the first failure gets a line, retries update it
-                self._retrying = self.error(text)
+            self.sub_title = "not connected"
+            text = f"{event.reason}. /reconnect to try again, Ctrl+Q to quit"
+            if self._retrying is None:
+                self.error(text)
             else:
                 self._retrying.update(Text(f"{self._time(None)} ✗ {text}", "bold red"))
                 self.transcript.append(f"{self._time(None)} ✗ {text}")
+            self._retrying = None
         elif isinstance(event, FileUpdated):
             self._file_card(event.file)
         elif isinstance(event, UploadUpdated):
             self._upload_card(event.file)
+
+    def _disconnected(self, event: Disconnected) -> None:
+        self._typers.clear()
+        self._render_typing()
+        self.sub_title = "reconnecting…"
+        # The first failure says what went wrong; the line is kept and only its retry count
+        # and this attempt's reason change.
+        first = event.first or event.reason
+        text = f"{first}; reconnecting in {event.retry_in:.1f} s"
+        if event.attempt > 1:
+            again = "" if event.reason == first else f": {event.reason}"
+            text = f"{first}; attempt {event.attempt} failed{again}; next in {event.retry_in:.1f} s"
+        if self._retrying is None:
+            self._retrying = self.error(text)
+        else:
+            self._retrying.update(Text(f"{self._time(None)} ✗ {text}", "bold red"))
+            self.transcript.append(f"{self._time(None)} ✗ {text}")
 
     def _update_title(self) -> None:
         client = self.client
@@ -400,18 +641,18 @@ class ChatApp(App[None]):
         card = self._file_cards.get(file.index)
         if card is None:
             card = self._file_cards[file.index] = FileCard(file.size)
-            self._append(card, f"{self._time(file.date)} {file.author} shares {file.name}")
+            self._append(
+                card, f"{self._time(file.date)} {file.author} offers {file.name}", file.date
+            )
         what = f"#{file.index} {file.name} ({human_size(file.size)}) from {file.author}"
-        if file.state == "receiving":
+        if file.state == "offered":
+            status = f"/get {file.index} to receive it"
+        elif file.state == "receiving":
             status = f"receiving {human_size(file.received)}"
-            if file.save_when_done:
-                status += ", saved when complete"
-        elif file.state == "received":
-            status = f"received — /save {file.index} to keep it"
         elif file.state == "saved":
             status = f"saved to {file.saved_to}"
         else:
-            status = f"failed: {file.error}"
+            status = f"failed: {file.error} (/get {file.index} to try again)"
         style = "bold red" if file.state == "failed" else "bold"
         card.label.update(
             Text.assemble(
@@ -421,23 +662,30 @@ class ChatApp(App[None]):
                 (f"  {status}", "italic"),
             )
         )
+        card.bar.display = file.state != "offered"
         card.bar.update(progress=file.received)
+        self.transcript.append(f"#{file.index} {file.name}: {file.state}")
 
     def _upload_card(self, file: OutgoingFile) -> None:
         card = self._upload_cards.get(id(file))
         if card is None:
-            card = self._upload_cards[id(file)] = FileCard(file.size)
-            self._append(card, f"{self._time(None)} you share {file.name}")
-        status = {"sending": "sending", "sent": "shared", "failed": f"failed: {file.error}"}
-        card.label.update(
+            card = self._upload_cards[id(file)] = Static()
+            self._append(card, f"{self._time(None)} you offer {file.name}", None)
+        if file.state == "failed":
+            status = f"failed: {file.error}"
+        elif file.copies:
+            copies = "copy" if file.copies == 1 else "copies"
+            status = f"{file.copies} {copies} asked, {human_size(file.sent)} sent"
+        else:
+            status = "offered: nobody asked for it yet"
+        card.update(
             Text.assemble(
                 (f"{self._time(None)} ", "dim"),
                 ("◆ ", "bold"),
-                (f"you share {file.name} ({human_size(file.size)})", "bold"),
-                (f"  {status[file.state]}", "bold red" if file.state == "failed" else "italic"),
+                (f"you offer #{file.index} {file.name} ({human_size(file.size)})", "bold"),
+                (f"  {status}", "bold red" if file.state == "failed" else "italic"),
             )
         )
-        card.bar.update(progress=file.sent)
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -453,8 +701,7 @@ class ChatApp(App[None]):
             self.client.typing("" if value.startswith("/") else value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        text = event.value
-        event.input.value = ""
+        text = event.value  # the input was cleared already (see ChatInput.action_submit)
         if not text:
             return
         if text.startswith("/") and not text.startswith("//"):
@@ -462,24 +709,32 @@ class ChatApp(App[None]):
             return
         if text.startswith("//"):
             text = text[1:]
+        self._say(text, event.input)
+
+    def on_chat_input_pasted(self, event: ChatInput.Pasted) -> None:
+        lines = [line for line in event.lines if line.strip()]
+        for line in lines:
+            self._say(line, None)
+        if len(lines) > 1:
+            self.notice(f"pasted {len(lines)} lines: sent as {len(lines)} messages", style="dim")
+
+    def _say(self, text: str, source: Input | None, *, me: bool = False) -> None:
         client = self.client
         if client is None:
             self.error("not connected yet")
             return
         try:
-            verdict = client.send_message(text)
+            verdict = client.send_message(text, me=me)
         except ChatError as error:
             self.error(str(error))
-            if text.strip() and not event.input.value:
-                event.input.value = text  # not lost: fix it or retry
+            if source is not None and text.strip() and not source.value:
+                source.value = text  # not lost: fix it or retry
             return
+        if not client.connected:
+            self.notice("not connected: sent once reconnected", style="dim")
         self._background(verdict)
 
-    def on_paste(self, event: events.Paste) -> None:
-        if "\n" in event.text.strip("\r\n"):
-            self.error("a message is a single line: paste one line at a time")
-
-    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _background(self, work: Awaitable[Any]) -> None:
         async def guarded() -> None:
             try:
                 await work
@@ -487,7 +742,7 @@ class ChatApp(App[None]):
                 self.error(str(error))
             except Exception as error:  # never a traceback
                 logger.exception("command failed")
-                self.error(f"failed: {error}")
+                self.error(f"failed: {describe_error(error)}")
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
@@ -505,41 +760,61 @@ class ChatApp(App[None]):
             self._quitting = asyncio.get_running_loop().create_task(self.action_quit())
         elif client is None:
             self.error("not connected yet")
+        elif command == "/reconnect":
+            if self._runner is not None and not self._runner.done():
+                self.notice("already connected or reconnecting", style="dim")
+            else:
+                self._start_client()
         elif command == "/name":
             if not argument:
                 self.error("usage: /name NEW")
             else:
                 self._background(client.set_name(argument))
+        elif command == "/me":
+            if not argument:
+                self.error("usage: /me does something")
+            else:
+                self._say(argument, None, me=True)
+        elif command == "/msg":
+            to, _, words = argument.partition(" ")
+            if not to or not words.strip():
+                self.error("usage: /msg NAME message")
+            else:
+                try:
+                    self._background(client.send_private(to.lstrip("@"), words.strip()))
+                except ChatError as error:
+                    self.error(str(error))
         elif command == "/users":
             names = ", ".join(client.users) or "nobody (not connected)"
             self.notice(f"{len(client.users)} here: {names}", style="")
-        elif command == "/send":
+        elif command in ("/send", "/offer"):
             if not argument:
                 self.error("usage: /send PATH")
             else:
-                self._background(client.send_file(argument))
-        elif command == "/save":
-            self._save(argument)
+                self._background(client.offer_file(argument))
+        elif command in ("/get", "/save"):
+            self._get(argument)
         elif command == "/files":
             if not client.files:
-                self.notice("no file was shared with you yet", style="")
-            for file in client.files:
+                self.notice("no file was offered to you yet", style="")
+            for file in client.files.values():
                 self.notice(f"#{file.index} {file.name} from {file.author}: {file.state}", style="")
         else:
             self.error(f"unknown command {command}: try /help")
 
-    def _save(self, argument: str) -> None:
+    def _get(self, argument: str) -> None:
         assert self.client is not None
+        number, _, directory = argument.partition(" ")
         try:
-            index = int(argument.lstrip("#")) if argument else None
+            index = int(number.lstrip("#")) if number else None
         except ValueError:
-            self.error("usage: /save [N]")
+            self.error("usage: /get [N] [DIRECTORY]")
             return
         try:
-            self.client.save(index)
+            self.client.get(index, Path(directory.strip()) if directory.strip() else None)
         except ChatError as error:
             self.error(str(error))
 
-    def action_save(self) -> None:
+    def action_get(self) -> None:
         if self.client is not None:
-            self._save("")
+            self._get("")

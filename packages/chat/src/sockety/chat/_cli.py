@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sockety.core import SocketyError
 from sockety.server import run
 
 from ._app import ChatApp
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=_port, default=0, help="embedded server port (0: free)")
     parser.add_argument("--name", type=_name, help="your name (else anon_<random>)")
-    parser.add_argument("--downloads", type=Path, help="where /save puts files")
+    parser.add_argument("--downloads", type=Path, help="where /get puts files")
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run a standalone chat server")
@@ -73,34 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve TLS")
     serve.add_argument("--tls-key", type=Path, help="private key (PEM), if not in --tls-cert")
     serve.add_argument("--max-file-size", type=int, default=1024**3, help="bytes (1 GiB)")
+    serve.add_argument(
+        "--stall",
+        type=float,
+        default=30.0,
+        help="seconds a receiver may take nothing before it is dropped (30)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
-    serve.add_argument(
-        "--cluster",
-        action="append",
-        default=[],
-        metavar="NATS_URL",
-        help="one room with every server using this NATS (repeatable); needs sockety-cluster",
-    )
-    serve.add_argument(
-        "--history", type=int, default=100, help="with --cluster: messages a joiner gets (100)"
-    )
-    serve.add_argument(
-        "--workers", type=int, default=1, help="with --cluster: processes sharing the port"
-    )
-    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     join = commands.add_parser("join", help="join a chat server")
-    join.add_argument(
-        "address",
-        type=parse_address,
-        metavar="HOST:PORT",
-        nargs="+",
-        help="a server; more: where to reconnect when one is lost (clustered servers)",
-    )
+    join.add_argument("address", type=parse_address, metavar="HOST:PORT")
     join.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     join.add_argument("--tls", action="store_true", help="connect with TLS (verified)")
     join.add_argument("--tls-ca", type=Path, help="trust this CA file (implies --tls)")
-    join.add_argument("--downloads", type=Path, help="where /save puts files")
+    join.add_argument("--downloads", type=Path, help="where /get puts files")
     return parser
 
 
@@ -110,15 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     logging.basicConfig(handlers=[logging.NullHandler()], force=True)  # the screen is the UI
     if args.command == "join":
-        (host, port), *others = args.address
+        host, port = args.address
         client_ssl: ssl_module.SSLContext | None = None
         if args.tls or args.tls_ca:
             client_ssl = ssl_module.create_default_context(
                 cafile=str(args.tls_ca) if args.tls_ca else None
             )
-        app = ChatApp(
-            host, port, name=args.name, ssl=client_ssl, downloads=args.downloads, others=others
-        )
+        app = ChatApp(host, port, name=args.name, ssl=client_ssl, downloads=args.downloads)
     else:
         app = ChatApp(
             "127.0.0.1", args.port, name=args.name, server=ChatServer(), downloads=args.downloads
@@ -142,35 +125,17 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"sockety-chat: cannot load the certificate: {error}", file=sys.stderr)
             return 2
 
-    if args.workers > 1:
-        from ._workers import serve_workers  # noqa: PLC0415
-
-        return serve_workers(args)
-    if args.cluster:
-        try:
-            from ._cluster import ClusterRoom  # noqa: PLC0415 - sockety-cluster only when asked
-        except ImportError as error:
-            print(f"sockety-chat: --cluster needs sockety-cluster: {error}", file=sys.stderr)
-            return 2
-
     async def serve() -> int:
-        backend = ClusterRoom(args.cluster, history=args.history) if args.cluster else None
-        chat = ChatServer(max_file_size=args.max_file_size, backend=backend)
+        chat = ChatServer(max_file_size=args.max_file_size, stall=args.stall)
         try:
-            await chat.start(args.host, args.port, ssl=context, reuse_port=args.reuse_port)
+            await chat.start(args.host, args.port, ssl=context)
         except OSError as error:
             print(
                 f"sockety-chat: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
             )
             return 1
-        except SocketyError as error:  # --cluster: NATS unreachable
-            print(f"sockety-chat: {error}", file=sys.stderr)
-            return 1
         scheme = "TLS" if context else "TCP"
-        joined = f", one room through {', '.join(args.cluster)}" if args.cluster else ""
-        print(
-            f"chat server on {args.host}:{chat.port} ({scheme}{joined}); Ctrl+C stops", flush=True
-        )
+        print(f"chat server on {args.host}:{chat.port} ({scheme}); Ctrl+C stops", flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

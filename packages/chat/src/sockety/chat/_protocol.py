@@ -1,7 +1,8 @@
 """The chat's actions, drafts and validation rules, shared by the server and the client.
 
 Compatible with the Node.js reference chat (``name``, ``broadcast``, ``login``, ``users``,
-``system``, ``chat``); ``typing`` and ``file`` are this package's own additions.
+``system``, ``chat``); ``typing``, ``private``, ``offer``, ``get``, ``piece`` and ``file`` are
+this package's own additions (the README's table says who sends what).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from sockety.core.aio import Draft
+from sockety.core.aio import Draft, ResponseDraft
 
 __all__ = [
     "MAX_MESSAGE_LENGTH",
@@ -33,19 +34,28 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{3,50}$")
 #: Longest chat text accepted (characters); the reference has no limit, a terminal needs one.
 MAX_MESSAGE_LENGTH = 2000
 
+#: Bytes of a file asked of its owner at a time (one ``piece`` request).
+PIECE_SIZE = 256 * 1024
+
 # client -> server
 NAME = Draft("name", data="msgpack")
 BROADCAST = Draft("broadcast", data="msgpack")
+PRIVATE_UP = Draft("private", data="msgpack")
 TYPING_UP = Draft("typing", stream=True)
-FILE_UP = Draft("file", files=True)
-SINCE = Draft("since", data="msgpack")  # the last message id seen (clustered servers)
+OFFER_UP = Draft("offer", data="msgpack")
+GET = Draft("get", data="msgpack")
 # server -> client
 LOGIN = Draft("login", data="msgpack")
 USERS = Draft("users", data="msgpack")
 SYSTEM = Draft("system", data="msgpack")
 CHAT = Draft("chat", data="msgpack")
+PRIVATE_DOWN = Draft("private", data="msgpack")
 TYPING_DOWN = Draft("typing", data="msgpack", stream=True)
+OFFER_DOWN = Draft("offer", data="msgpack")
+PIECE = Draft("piece", data="msgpack")
 FILE_DOWN = Draft("file", data="msgpack", files=True)
+PIECE_REPLY = ResponseDraft(data="bytes")
+OFFERED = ResponseDraft(data="msgpack")
 
 
 def iso_now() -> datetime:

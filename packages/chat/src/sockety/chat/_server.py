@@ -1,6 +1,30 @@
-"""The chat server: a name registry (the reference's rules), broadcasts, and relays for the live
-typing streams and shared files. No UI: ``sockety-chat serve`` and the embedded server of the
-app both run this."""
+"""The chat server: a name registry (the reference's rules), broadcasts, private messages, and
+relays for the live typing streams and offered files. No UI: ``sockety-chat serve`` and the
+embedded server of the app both run this.
+
+The seam (where a cluster layer plugs in): all the room's state and every fan-out is in
+:class:`Room`; :class:`ChatServer` only decodes actions and asks the room.
+
+- ``Room.join(connection)`` / ``Room.leave(member, reason)`` / ``Room.rename(member, name)``:
+  the users list, and the one join line, leave line or rename line each is worth.
+- ``Room.publish(draft, payload, to=..., but=..., key=...)``: the only place message ids are
+  assigned (``payload["id"]``, one sequence for the room); ``key`` (the sender's own id for the
+  message) makes a resend idempotent: a key seen before publishes nothing and returns the id it
+  got the first time.
+- ``Room.deliver(member, outgoing)``: sends a message to a member, at once while its socket
+  takes what it is given, else onto its **bounded** outbox. A member's pump waits for the
+  socket, then writes the outbox and the typing lines (coalesced: only the newest line of each
+  typist is written); a member whose outbox fills up, or whose socket takes nothing for
+  ``stall`` seconds while messages wait, is disconnected with that reason. Nobody else ever
+  waits for it.
+- ``Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered for the
+  room); ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
+  piece by piece, only as fast as that receiver takes it (so one slow receiver holds nothing but
+  its own copy, and a receiver stalled for ``stall`` seconds loses only its own transfer).
+
+Chat messages never wait behind file data: they are separate exchanges, and the connection
+writes small messages between the packets of large content.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +33,22 @@ import contextlib
 import logging
 import secrets
 import ssl as ssl_module
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sockety.core import SocketyError
+from sockety.core.aio import Draft, Outgoing
 from sockety.server import (
     Connection,
     FastReply,
     FileTransfer,
     Message,
+    Request,
+    Response,
     Router,
     Server,
     StreamWriter,
@@ -30,17 +58,349 @@ from sockety.server import (
 
 from . import _protocol as p
 
-if TYPE_CHECKING:
-    from ._cluster import ClusterRoom
-
-__all__ = ["ChatServer"]
+__all__ = ["ChatServer", "Member", "Offer", "Room"]
 
 logger = logging.getLogger("sockety.chat.server")
 
-#: Stream chunks a file relay holds per receiver before it waits for that receiver.
-_SINK_CHUNKS = 16
-#: A receiver that takes nothing for this long is dropped from a file relay.
-_SINK_STALL = 30.0
+#: Pieces of a file asked of its owner ahead of what its receiver took: at most this many
+#: times ``PIECE_SIZE`` (1 MiB) is held per receiver, enough to keep a fast one busy.
+_PIECES_AHEAD = 4
+
+
+@dataclass(eq=False)
+class Offer:
+    """A file a member offers: the room numbers it, the owner serves it piece by piece."""
+
+    id: int
+    owner: Member
+    name: str
+    size: int
+    date: str
+
+
+class _TypingRelay:
+    """One person's live line, shown to everyone else (each member's pump writes it)."""
+
+    def __init__(self, source: Member) -> None:
+        self.source = source
+        self.author = source.name
+        self.text = ""
+        self.ended = False
+
+
+class Member:
+    """One connection in the room: its name and its bounded outbox."""
+
+    def __init__(
+        self, room: Room, connection: Connection, name: str, *, max_queued: int, stall: float
+    ) -> None:
+        self.room = room
+        self.connection = connection
+        self.name = name
+        self.announced = False  # the room was told it joined (see Room.join)
+        self.left = False
+        self._max_queued = max_queued
+        self._stall = stall
+        self._outbox: deque[Outgoing] = deque()
+        self._dirty: dict[_TypingRelay, None] = {}  # typing lines to write, in order
+        self._writers: dict[_TypingRelay, tuple[StreamWriter, str]] = {}  # (stream, author)
+        self._wake = asyncio.Event()
+        self._draining = False  # the pump waits for the socket: deliveries queue meanwhile
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name}>"
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)
+
+    def deliver(self, outgoing: Outgoing) -> bool:
+        """Sends a message to this member: at once while its socket takes what it is given,
+        else onto its outbox. False (and the member is dropped) when the outbox is full: it
+        stopped reading."""
+        if self.left:
+            return False
+        if self._draining or self._outbox:
+            if len(self._outbox) >= self._max_queued:
+                self.room.kick(self, f"not reading ({len(self._outbox)} messages waiting)")
+                return False
+            self._outbox.append(outgoing)
+        else:
+            try:
+                self.connection.send_nowait(outgoing)
+            except SocketyError:
+                return False  # closing: on_disconnect takes the member out
+        self._wake.set()  # the pump checks that the socket keeps up
+        return True
+
+    def typing_changed(self, relay: _TypingRelay) -> None:
+        if not self.left and relay.source is not self:
+            self._dirty[relay] = None
+            self._wake.set()
+
+    def stop(self) -> None:
+        """The pump ends by itself (cancelling it in drain() would hurt the connection's other
+        waiters, see _drain_within): at once if idle, else when the connection closes."""
+        self.left = True
+        self._outbox.clear()
+        self._dirty.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        connection = self.connection
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self.left:
+                    return
+                while self._outbox:
+                    connection.send_nowait(self._outbox.popleft())
+                dirty, self._dirty = self._dirty, {}
+                for relay in dirty:
+                    self._write_typing(relay)
+                self._draining = True  # (only while drain() actually waits)
+                try:
+                    if not await _drain_within(connection, self._stall):
+                        self.room.kick(self, f"not reading for {self._stall:g} s")
+                        return
+                finally:
+                    self._draining = False
+        except SocketyError:
+            pass  # the connection closed: on_disconnect takes the member out
+
+    def _write_typing(self, relay: _TypingRelay) -> None:
+        current = self._writers.get(relay)
+        if current is not None and (relay.ended or current[1] != relay.author):
+            # Ended, or renamed: receivers know a typist by the stream's author, start over.
+            del self._writers[relay]
+            with contextlib.suppress(SocketyError):
+                current[0].end()
+            current = None
+        if relay.ended or (current is None and not relay.text):
+            return
+        if current is None:
+            transfer = self.connection.send_nowait(p.TYPING_DOWN({"author": relay.author}))
+            assert transfer.stream is not None
+            current = self._writers[relay] = (transfer.stream, relay.author)
+        current[0].write(p.encode_typing(relay.text))
+
+
+class Room:
+    """Who is here, what they say, and who gets what (see the module's docstring)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] = p.iso_now,
+        anon_name: Callable[[], str] | None = None,
+        # Messages waiting for one member before it is dropped as not reading: a burst of a
+        # few hundred lines fits, a member stopped for good costs at most this much memory.
+        max_queued: int = 5000,
+        # A member whose socket takes nothing for this long, while messages wait, is dropped.
+        stall: float = 30.0,
+        # A newcomer's join line waits this long for its first rename, so that the room sees
+        # one line ("alice joined") instead of "anon_… joined" followed by a rename.
+        join_grace: float = 2.0,
+        # Client message ids remembered for idempotent resends.
+        remembered_keys: int = 10_000,
+    ) -> None:
+        self._clock = clock
+        self._anon_name = anon_name or (lambda: f"anon_{secrets.token_hex(4)}")
+        self._max_queued = max_queued
+        self._stall = stall
+        self._join_grace = join_grace
+        self._remembered = remembered_keys
+        self.members: dict[Connection, Member] = {}  # in the order people joined
+        self.offers: dict[int, Offer] = {}
+        self._typing: dict[Member, _TypingRelay] = {}
+        self._keys: OrderedDict[str, int] = OrderedDict()
+        self._next_id = 0
+        self._next_offer = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- people ----------------------------------------------------------------------------------
+
+    def now(self) -> str:
+        return p.iso(self._clock())
+
+    @property
+    def names(self) -> list[str]:
+        return [member.name for member in self.members.values()]
+
+    def member(self, connection: Connection) -> Member | None:
+        return self.members.get(connection)
+
+    def find(self, name: str) -> Member | None:
+        folded = name.casefold()
+        return next((m for m in self.members.values() if m.name.casefold() == folded), None)
+
+    def taken(self, name: str, by: Member | None = None) -> bool:
+        found = self.find(name)
+        return found is not None and found is not by
+
+    def join(self, connection: Connection) -> Member:
+        name = self._anon_name()
+        while self.taken(name):
+            name = self._anon_name()
+        member = Member(self, connection, name, max_queued=self._max_queued, stall=self._stall)
+        self.members[connection] = member
+        member.deliver(p.LOGIN(name))
+        self._users()
+        for relay in self._typing.values():
+            member.typing_changed(relay)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._join_grace, self._announce, member)
+        return member
+
+    def _announce(self, member: Member) -> None:
+        if not member.announced and not member.left:
+            member.announced = True
+            self.system(f"{member.name} joined", but=member)
+
+    def rename(self, member: Member, name: str) -> None:
+        previous, member.name = member.name, name
+        if not member.announced:
+            self._announce(member)
+        elif previous != name:
+            self.system(f"{previous} is now known as {name}")
+        self._users()
+        relay = self._typing.get(member)
+        if relay is not None:
+            relay.author = name
+            self._typing_changed(relay)
+
+    def leave(self, member: Member, reason: str = "") -> None:
+        if member.left:
+            return
+        self.members.pop(member.connection, None)
+        self.end_typing(member)
+        member.stop()
+        for offer in [o for o in self.offers.values() if o.owner is member]:
+            del self.offers[offer.id]
+        if member.announced:
+            self.system(f"{member.name} left" + (f" ({reason})" if reason else ""))
+        self._users()
+
+    def kick(self, member: Member, reason: str) -> None:
+        """Drops a member that cannot keep up, saying why (to the log and to the room)."""
+        if member.left:
+            return
+        logger.warning("dropping %s: %s", member.name, reason)
+        self.leave(member, f"disconnected: {reason}")
+        task = asyncio.get_running_loop().create_task(_close(member.connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for relay in list(self._typing.values()):
+            self.end_typing(relay.source)
+        for member in list(self.members.values()):
+            member.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- fan-out ---------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        draft: Draft,
+        payload: dict[str, Any],
+        *,
+        to: list[Member] | None = None,
+        but: Member | None = None,
+        key: str | None = None,
+    ) -> int:
+        """Gives ``payload`` the room's next message id and delivers it to ``to`` (everyone by
+        default) except ``but``. Returns the id; a ``key`` published before returns its id and
+        delivers nothing (a resend)."""
+        if key is not None:
+            known = self._keys.get(key)
+            if known is not None:
+                return known
+        self._next_id += 1
+        if key is not None:
+            self._keys[key] = self._next_id
+            if len(self._keys) > self._remembered:
+                self._keys.popitem(last=False)
+        outgoing = draft({**payload, "id": self._next_id})
+        for member in list(self.members.values()) if to is None else to:
+            if member is not but:
+                self.deliver(member, outgoing)
+        return self._next_id
+
+    def deliver(self, member: Member, outgoing: Outgoing) -> bool:
+        return member.deliver(outgoing)
+
+    def system(self, content: str, *, but: Member | None = None) -> None:
+        logger.info("%s", content)
+        self.publish(p.SYSTEM, {"date": self.now(), "content": content}, but=but)
+
+    def _users(self) -> None:
+        outgoing = p.USERS(self.names)
+        for member in list(self.members.values()):
+            self.deliver(member, outgoing)
+
+    # -- typing ----------------------------------------------------------------------------------
+
+    def start_typing(self, member: Member) -> _TypingRelay:
+        self.end_typing(member)
+        relay = self._typing[member] = _TypingRelay(member)
+        return relay
+
+    def typed(self, relay: _TypingRelay, text: str) -> None:
+        if not relay.ended:
+            relay.text = text
+            self._typing_changed(relay)
+
+    def end_typing(self, member: Member, relay: _TypingRelay | None = None) -> None:
+        """Ends ``member``'s live line (only if it is still ``relay``, when given)."""
+        current = self._typing.get(member)
+        if current is None or (relay is not None and current is not relay):
+            return
+        del self._typing[member]
+        current.ended = True
+        self._typing_changed(current)
+
+    def _typing_changed(self, relay: _TypingRelay) -> None:
+        for member in list(self.members.values()):
+            member.typing_changed(relay)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def offer(self, member: Member, name: str, size: int) -> Offer:
+        self._next_offer += 1
+        offer = Offer(self._next_offer, member, name, size, self.now())
+        self.offers[offer.id] = offer
+        return offer
+
+
+async def _drain_within(connection: Connection, limit: float) -> bool:
+    """``connection.drain()`` within ``limit`` seconds; False when it timed out.
+
+    Waiters of a connection share one progress future, so when another waiter on it is
+    cancelled (a file transfer aborted) this one sees a CancelledError that nobody asked for:
+    waiting goes on then, until the same deadline."""
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await connection.drain()
+            return True
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            if task.cancelling() or connection.closed:
+                raise
+            await asyncio.sleep(0.01)  # the future stays cancelled until the next write
+
+
+async def _close(connection: Connection) -> None:
+    with contextlib.suppress(SocketyError):
+        await connection.close(timeout=1.0)
 
 
 class ChatServer:
@@ -49,6 +409,8 @@ class ChatServer:
     async with ChatServer() as chat:
         await chat.start("127.0.0.1", 9000)
         await chat.serve_forever()
+
+    ``max_queued``, ``stall`` and ``join_grace`` are the :class:`Room`'s limits.
     """
 
     def __init__(
@@ -58,24 +420,30 @@ class ChatServer:
         max_file_size: int = 1024**3,
         close_timeout: float = 3.0,
         anon_name: Callable[[], str] | None = None,
-        # One room across servers (``sockety-chat serve --cluster``); None: this process only.
-        backend: ClusterRoom | None = None,
+        max_queued: int = 5000,
+        stall: float = 30.0,
+        join_grace: float = 2.0,
         **options: Any,
     ) -> None:
-        self._backend = backend
-        self._clock = clock
         self.max_file_size = max_file_size
-        self._anon_name = anon_name or (lambda: f"anon_{secrets.token_hex(4)}")
+        self._stall = stall
+        self.room = Room(
+            clock=clock,
+            anon_name=anon_name,
+            max_queued=max_queued,
+            stall=stall,
+            join_grace=join_grace,
+        )
         self._options = {"close_timeout": close_timeout, **options}
-        self._names: dict[Connection, str] = {}  # in the order people joined
-        self._typing: dict[Connection, _TypingRelay] = {}
         self._server: Server | None = None
         self._router = Router()
         self._router.action("name")(self._on_name)
         self._router.action("broadcast")(self._on_broadcast)
+        self._router.action("private")(self._on_private)
         self._router.action("typing")(self._on_typing)
-        self._router.action("file")(self._on_file)
-        self._router.action("since")(self._on_since)
+        self._router.action("offer")(self._on_offer)
+        self._router.action("get")(self._on_get)
+        self._router.action("file")(self._reject)  # the old forced share: files are offered now
         self._drains: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -86,21 +454,16 @@ class ChatServer:
         port: int = 0,
         *,
         ssl: ssl_module.SSLContext | None = None,
-        reuse_port: bool = False,
     ) -> None:
         self._server = await serve(
             self._router,
             host,
             port,
             ssl=ssl,
-            reuse_port=reuse_port,
-            on_connect=self._connected,
+            on_connect=self.room.join,
             on_disconnect=self._disconnected,
-            cluster=self._backend.cluster if self._backend is not None else None,
             **self._options,
         )
-        if self._backend is not None:
-            await self._backend.start(self)
 
     @property
     def port(self) -> int:
@@ -110,32 +473,8 @@ class ChatServer:
 
     @property
     def names(self) -> list[str]:
-        """Everyone's name, in the order they joined (with a backend: on every server)."""
-        if self._backend is not None:
-            return self._backend.names(list(self._names.values()))
-        return list(self._names.values())
-
-    @property
-    def members(self) -> list[Connection]:
-        """This server's members (connections with a name), in the order they joined."""
-        return list(self._names)
-
-    # -- what a backend calls --------------------------------------------------------------------
-
-    def users_changed(self) -> None:
-        self._users()
-
-    def local_notice(self, notice: dict[str, Any]) -> None:
-        """A system notice from another server, for this one's members."""
-        with contextlib.suppress(SocketyError):  # a member going away
-            self._broadcast(p.SYSTEM(notice))
-
-    def remote_typing(self, author: str) -> _TypingRelay:
-        """A typing relay for someone on another server, to this server's members."""
-        relay = _TypingRelay(None, author)
-        for member in self._names:
-            relay.add(member)
-        return relay
+        """Everyone's name, in the order they joined."""
+        return self.room.names
 
     @property
     def is_serving(self) -> bool:
@@ -148,12 +487,11 @@ class ChatServer:
 
     async def close(self) -> None:
         """Ends the typing relays at once, then closes gracefully (Go Away)."""
-        for relay in list(self._typing.values()):
-            relay.end()
-        if self._backend is not None:
-            await self._backend.close()
+        for member in list(self.room.members.values()):
+            self.room.end_typing(member)
         if self._server is not None:
             await self._server.close()
+        self.room.close()
         for task in list(self._drains):
             task.cancel()
 
@@ -168,326 +506,212 @@ class ChatServer:
     ) -> None:
         await self.close()
 
-    # -- helpers ---------------------------------------------------------------------------------
-
-    def _now(self) -> str:
-        return p.iso(self._clock())
-
-    def _broadcast(self, message: Any, where: Callable[[Connection], bool] | None = None) -> None:
-        if self._server is not None:
-            self._server.broadcast(
-                message, where=lambda c: c in self._names and (not where or where(c))
-            )
-
-    def _system(self, content: str, *, but: Connection | None = None) -> None:
-        logger.info("%s", content)
-        if self._backend is not None:
-            self._backend.system(content, self._now())
-        self._broadcast(p.SYSTEM({"date": self._now(), "content": content}), lambda c: c is not but)
-
-    def _users(self) -> None:
-        self._broadcast(p.USERS(self.names))
-
-    def _taken(self, name: str, by: Connection | None = None) -> bool:
-        folded = name.casefold()
-        return any(n.casefold() == folded for c, n in self._names.items() if c is not by)
+    def _disconnected(self, connection: Connection) -> None:
+        member = self.room.member(connection)
+        if member is not None:
+            self.room.leave(member)
 
     def _reject(self, message: Message) -> int:
-        """BadRequest; content nobody will read is drained so the connection does not stall
-        (a receiver cannot abort what it is sent)."""
+        """BadRequest; content nobody will read is dropped as it arrives."""
         if message.stream is not None or message.files:
-            task = asyncio.get_running_loop().create_task(_drain(message))
-            self._drains.add(task)
-            task.add_done_callback(self._drains.discard)
+            message.discard()
         return FastReply.BAD_REQUEST
 
-    # -- connections -----------------------------------------------------------------------------
-
-    def _connected(self, connection: Connection) -> None:
-        name = self._anon_name()
-        while self._taken(name):
-            name = self._anon_name()
-        self._names[connection] = name
-        connection.send_nowait(p.LOGIN(name))
-        if self._backend is not None:
-            self._backend.joined(connection, name)
-            self._backend.member_joined(connection)
-        self._users()
-        self._system(f"{name} connected", but=connection)
-        for relay in self._typing.values():
-            relay.add(connection)
-
-    def _disconnected(self, connection: Connection) -> None:
-        if self._backend is not None:
-            self._backend.left(connection)
-        name = self._names.pop(connection, None)
-        relay = self._typing.pop(connection, None)
-        if relay is not None:
-            relay.end()
-        if name is not None:
-            self._system(f"{name} disconnected")
-            self._users()
+    def _plain(self, message: Message) -> tuple[Member, Any] | None:
+        """The sender and the decoded data of a message that must carry only data."""
+        member = self.room.member(message.connection)
+        if member is None or message.stream is not None or message.files:
+            return None
+        try:
+            return member, message.msgpack()
+        except ValueError:
+            return None
 
     # -- actions ---------------------------------------------------------------------------------
 
-    def _on_name(self, message: Message) -> Any:
-        connection = message.connection
-        if message.stream is not None or message.files:
+    def _on_name(self, message: Message) -> int:
+        plain = self._plain(message)
+        if plain is None:
             return self._reject(message)
-        try:
-            name = message.msgpack()
-        except ValueError:
+        member, name = plain
+        if not p.is_valid_name(name) or self.room.taken(name, member):
             return FastReply.BAD_REQUEST
-        if not p.is_valid_name(name) or self._taken(name, connection):
-            return FastReply.BAD_REQUEST
-        previous = self._names.get(connection)
-        if previous is None or previous == name:
-            return FastReply.ACCEPT
-        if self._backend is not None:
-            return self._rename_in_cluster(connection, previous, name)
-        self._renamed(connection, previous, name)
+        if member.name != name or not member.announced:
+            self.room.rename(member, name)
         return FastReply.ACCEPT
 
-    async def _rename_in_cluster(self, connection: Connection, previous: str, name: str) -> int:
-        assert self._backend is not None
-        if not await self._backend.rename(connection, name):
+    def _on_broadcast(self, message: Message) -> int:
+        """The reference's string, or ``{id, content, me}`` (this package's client: ``id`` makes
+        a resend idempotent, ``me`` marks a ``/me`` action)."""
+        plain = self._plain(message)
+        if plain is None:
+            return self._reject(message)
+        member, data = plain
+        key, me = None, False
+        if isinstance(data, dict):
+            key, me, data = data.get("id"), data.get("me") is True, data.get("content")
+            if key is not None and not (isinstance(key, str) and 0 < len(key) <= 100):
+                return FastReply.BAD_REQUEST
+        if not p.is_valid_message(data):
             return FastReply.BAD_REQUEST
-        if self._names.get(connection) == previous:
-            self._renamed(connection, previous, name)
+        payload = {"date": self.room.now(), "author": member.name, "content": data}
+        if me:
+            payload["me"] = True
+        self.room.publish(p.CHAT, payload, key=f"{member.name}/{key}" if key else None)
         return FastReply.ACCEPT
 
-    def _renamed(self, connection: Connection, previous: str, name: str) -> None:
-        self._names[connection] = name
-        self._system(f"{previous} is now known as {name}")
-        self._users()
-        relay = self._typing.get(connection)
-        if relay is not None:
-            relay.rename(name)
-
-    def _on_broadcast(self, message: Message) -> Any:
-        if message.stream is not None or message.files:
+    def _on_private(self, message: Message) -> int:
+        plain = self._plain(message)
+        if plain is None or not isinstance(plain[1], dict):
             return self._reject(message)
-        try:
-            content = message.msgpack()
-        except ValueError:
+        member, data = plain
+        key, to, content = data.get("id"), data.get("to"), data.get("content")
+        target = self.room.find(to) if isinstance(to, str) else None
+        if target is None or not p.is_valid_message(content):
             return FastReply.BAD_REQUEST
-        author = self._names.get(message.connection)
-        if author is None or not p.is_valid_message(content):
-            return FastReply.BAD_REQUEST
-        if self._backend is not None:  # every server (this one too) delivers it from history
-            return self._backend.say(author, content, self._now())
-        self._broadcast(p.CHAT({"date": self._now(), "author": author, "content": content}))
+        payload = {"date": self.room.now(), "author": member.name, "to": target.name}
+        payload["content"] = content
+        recipients = [target] if target is member else [target, member]
+        key = f"{member.name}/{key}" if isinstance(key, str) and key else None
+        self.room.publish(p.PRIVATE_DOWN, payload, to=recipients, key=key)
         return FastReply.ACCEPT
 
     async def _on_typing(self, message: Message) -> int:
-        connection = message.connection
-        author = self._names.get(connection)
-        if message.stream is None or message.files or author is None:
+        member = self.room.member(message.connection)
+        if message.stream is None or message.files or member is None:
             return self._reject(message)
-        previous = self._typing.pop(connection, None)
-        if previous is not None:
-            previous.end()
-        relay = _TypingRelay(connection, author)
-        self._typing[connection] = relay
-        for other in self._names:
-            relay.add(other)
+        relay = self.room.start_typing(member)
         decoder = p.TypingDecoder()
         try:
             async for chunk in message.stream:
                 for text in decoder.feed(chunk):
-                    relay.update(text)
-                    if self._backend is not None:
-                        self._backend.typed(relay.author, text)
+                    self.room.typed(relay, text)
         except (SocketyError, ValueError):
             pass  # the typist went away, or sent garbage: their line disappears
         finally:
-            relay.end()
-            if self._backend is not None:
-                self._backend.typing_ended(relay.author)
-            if self._typing.get(connection) is relay:
-                del self._typing[connection]
+            self.room.end_typing(member, relay)
         return FastReply.ACCEPT
 
-    def _on_since(self, message: Message) -> int:
-        """A client that comes back says the last message id it saw (0: none)."""
-        try:
-            after = message.msgpack()
-        except ValueError:
-            return FastReply.BAD_REQUEST
-        if not isinstance(after, int) or after < 0 or message.connection not in self._names:
-            return FastReply.BAD_REQUEST
-        if self._backend is not None:
-            self._backend.since(message.connection, after)
-        return FastReply.ACCEPT
-
-    async def _on_file(self, message: Message) -> int:
-        connection = message.connection
-        author = self._names.get(connection)
-        if (
-            author is None
-            or message.stream is not None
-            or len(message.files) != 1
-            or message.files[0].size > self.max_file_size
-        ):
+    def _on_offer(self, message: Message) -> int | None:
+        """``{name, size}``: answered with ``{id}``, and everyone else is told of it."""
+        plain = self._plain(message)
+        if plain is None or not isinstance(plain[1], dict):
             return self._reject(message)
-        source = message.files[0]
-        name = p.clean_file_name(source.name)
-        meta = {"date": self._now(), "author": author, "name": name, "size": source.size}
-        logger.info("%s shares %s (%d bytes)", author, name, source.size)
-        sinks = self.file_sinks(meta, but=connection)
-        remote = self._backend.share(meta) if self._backend is not None else None
+        member, data = plain
+        size = data.get("size")
+        if not isinstance(size, int) or not 0 <= size <= self.max_file_size:
+            return FastReply.BAD_REQUEST
+        name = p.clean_file_name(data.get("name"))
+        offer = self.room.offer(member, name, size)
+        logger.info("%s offers #%d %s (%d bytes)", member.name, offer.id, name, size)
+        message.respond(p.OFFERED({"id": offer.id}))
+        meta = {"file": offer.id, "date": offer.date, "author": member.name}
+        self.room.publish(p.OFFER_DOWN, {**meta, "name": name, "size": size}, but=member)
+        return None
+
+    async def _on_get(self, message: Message) -> int:
+        """``{file}``: the offered file is sent as a ``file`` message with that one file;
+        answered once it was all handed to the receiver's connection."""
+        plain = self._plain(message)
+        if plain is None or not isinstance(plain[1], dict):
+            return self._reject(message)
+        member, data = plain
+        number = data.get("file")
+        offer = self.room.offers.get(number) if isinstance(number, int) else None
+        if offer is None or offer.owner is member:
+            return FastReply.BAD_REQUEST
+        relay = _FileRelay(offer, stall=self._stall)
+        meta = {"file": offer.id, "date": offer.date, "author": offer.owner.name}
         try:
-            if remote is not None:  # to the other servers' members, through NATS
-                await remote.start()
-            async for chunk in source:
-                for sink in sinks:
-                    await sink.put(chunk)
-                if remote is not None:
-                    await remote.put(chunk)
+            transfer = member.connection.send_nowait(
+                p.FILE_DOWN(
+                    {**meta, "name": offer.name, "size": offer.size},
+                    files=[FileTransfer.from_iterator(relay.pieces(), offer.name, offer.size)],
+                )
+            )
         except SocketyError:
-            for sink in sinks:
-                sink.abort()
-            if remote is not None:
-                await remote.abort()
-            return FastReply.INTERNAL_ERROR  # the sender is gone or aborted: nobody will read it
-        for sink in sinks:
-            sink.finish()
-        if remote is not None:
-            await remote.finish()
+            return FastReply.INTERNAL_ERROR
+        failure = await relay.watch(transfer)
+        if failure is _STALLED:
+            # Not transfer.abort(): while the transfer waits for the socket, that cancels the
+            # connection's shared progress future (see _drain_within). The receiver is gone
+            # for all purposes: it is dropped, which ends the transfer too.
+            self.room.kick(
+                member, f"took nothing of #{offer.id} {offer.name} for {self._stall:g} s"
+            )
+            return FastReply.INTERNAL_ERROR
+        if failure:
+            logger.warning("#%d %s to %s stopped: %s", offer.id, offer.name, member.name, failure)
+            self.room.publish(
+                p.SYSTEM,
+                {"date": self.room.now(), "content": f"#{offer.id} {offer.name}: {failure}"},
+                to=[member],
+            )
+            return FastReply.INTERNAL_ERROR
         return FastReply.ACCEPT
 
-    def file_sinks(self, meta: dict[str, Any], *, but: Connection | None) -> list[_Sink]:
-        """Offers a file (``meta``: its FILE_DOWN data) to this server's members but one; the
-        returned sinks take its chunks (each bounded, waiting for its receiver)."""
-        sinks: list[_Sink] = []
-        for other in list(self._names):
-            if other is but or other.closed:
-                continue
-            sink = _Sink(other)
-            try:
-                sink.transfer = other.send_nowait(
-                    p.FILE_DOWN(
-                        meta,
-                        files=[
-                            FileTransfer.from_iterator(sink.chunks(), meta["name"], meta["size"])
-                        ],
+
+class _RelayError(Exception):
+    pass
+
+
+_STALLED = "the receiver took nothing"
+
+
+@dataclass(eq=False)
+class _FileRelay:
+    """One receiver's copy of an offered file, asked of the owner piece by piece as the
+    receiver's connection takes it (the core pulls ``pieces()`` only when it can write)."""
+
+    offer: Offer
+    stall: float
+    failure: str = ""
+    last: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        offer = self.offer
+        owner = offer.owner.connection
+        asked: deque[tuple[int, Request]] = deque()
+        offset = 0
+        loop = asyncio.get_running_loop()
+        while offset < offer.size or asked:
+            while len(asked) < _PIECES_AHEAD and offset < offer.size:
+                size = min(p.PIECE_SIZE, offer.size - offset)
+                try:
+                    request = owner.request(
+                        p.PIECE({"file": offer.id, "offset": offset, "size": size})
                     )
-                )
-            except SocketyError:
-                continue
-            sinks.append(sink)
-        return sinks
-
-
-async def _drain(message: Message) -> None:
-    try:
-        if message.stream is not None:
-            async for _ in message.stream:
-                pass
-        for file in message.files:
-            async for _ in file:
-                pass
-    except SocketyError:
-        pass
-
-
-class _TypingRelay:
-    """One person's typing stream, relayed to everyone else as a ``typing`` message each."""
-
-    def __init__(self, source: Connection | None, author: str) -> None:
-        self.source = source  # None: the typist is on another server
-        self.author = author
-        self.text = ""
-        self._writers: dict[Connection, StreamWriter] = {}
-        self._ended = False
-
-    def add(self, connection: Connection) -> None:
-        if self._ended or connection is self.source or connection in self._writers:
-            return
-        try:
-            transfer = connection.send_nowait(p.TYPING_DOWN({"author": self.author}))
-            assert transfer.stream is not None
-            self._writers[connection] = transfer.stream
-            if self.text:
-                transfer.stream.write(p.encode_typing(self.text))
-        except SocketyError:
-            pass
-
-    def update(self, text: str) -> None:
-        self.text = text
-        chunk = p.encode_typing(text)
-        for connection, writer in list(self._writers.items()):
+                except SocketyError:
+                    self.failure = "its owner left"
+                    raise _RelayError(self.failure) from None
+                asked.append((size, request))
+                offset += size
+            size, request = asked.popleft()
             try:
-                writer.write(chunk)
+                reply = await request.response(timeout=self.stall)
             except SocketyError:
-                del self._writers[connection]
+                self.failure = "its owner left or stopped answering"
+                raise _RelayError(self.failure) from None
+            if not isinstance(reply, Response) or len(reply.data) != size:
+                self.failure = "its owner could not read it"
+                raise _RelayError(self.failure)
+            self.last = loop.time()
+            yield bytes(reply.data)
 
-    def rename(self, author: str) -> None:
-        """Receivers know the typist by the message's author: start over under the new name."""
-        connections = list(self._writers)
-        self._end_writers()
-        self.author = author
-        for connection in connections:
-            self.add(connection)
-
-    def end(self) -> None:
-        self._ended = True
-        self._end_writers()
-
-    def _end_writers(self) -> None:
-        writers, self._writers = self._writers, {}
-        for writer in writers.values():
-            with contextlib.suppress(SocketyError):
-                writer.end()
-
-
-class _Sink:
-    """One receiver of a relayed file: a bounded queue its file pump reads from."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.transfer: Transfer | None = None
-        self._queue: deque[bytes] = deque()
-        self._more = asyncio.Event()
-        self._room = asyncio.Event()
-        self._done = False
-        self._dead = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def watch(self, transfer: Transfer) -> str:
+        """Waits for the end of the transfer, or until the receiver took nothing for ``stall``
+        seconds. Returns why it failed ('' when it did not)."""
+        loop = asyncio.get_running_loop()
+        sent = asyncio.ensure_future(transfer.sent())
+        # Never cancelled: it would cancel the connection's shared progress future under the
+        # connection's other waiters (see _drain_within); it ends with the transfer.
+        sent.add_done_callback(lambda done: done.cancelled() or done.exception())
         while True:
-            while not self._queue:
-                if self._done:
-                    return
-                self._more.clear()
-                await self._more.wait()
-            chunk = self._queue.popleft()
-            self._room.set()
-            yield chunk
-
-    async def put(self, chunk: bytes) -> None:
-        waited = 0.0
-        while not self._dead and len(self._queue) >= _SINK_CHUNKS:
-            if self.connection.closed or waited >= _SINK_STALL:
-                self.abort()
-                return
-            self._room.clear()
-            try:
-                async with asyncio.timeout(0.5):
-                    await self._room.wait()
-            except TimeoutError:
-                waited += 0.5
-        if not self._dead:
-            self._queue.append(chunk)
-            self._more.set()
-
-    def finish(self) -> None:
-        self._done = True
-        self._more.set()
-
-    def abort(self) -> None:
-        self._dead = True
-        self._queue.clear()
-        self._done = True
-        self._more.set()
-        if self.transfer is not None and not self.connection.closed:
-            self.transfer.abort()
+            left = self.last + self.stall - loop.time()
+            done, _ = await asyncio.wait({sent}, timeout=max(left, 0.05))
+            if done:
+                if sent.cancelled() or sent.exception() is not None:
+                    return self.failure or "the transfer failed"
+                return ""
+            if loop.time() - self.last >= self.stall:
+                return _STALLED

@@ -24,6 +24,20 @@ from collections.abc import Sequence
 
 from ._constants import MAX_CHANNELS, MAX_FAST_REPLY_CODE
 from ._encoding import (
+    ACTION_U16,
+    DATA_U8,
+    DATA_U16,
+    DATA_U48,
+    EXPECTS_RESPONSE,
+    HAS_STREAM,
+    TYPE_ABORT,
+    TYPE_DATA,
+    TYPE_FAST_REPLY_LOW,
+    TYPE_GO_AWAY,
+    TYPE_HEARTBEAT,
+    TYPE_MESSAGE,
+    TYPE_STREAM,
+    TYPE_STREAM_END,
     connection_header,
     fast_reply_packet,
     file_end_packet,
@@ -46,6 +60,7 @@ _FILE_PACKET_LIMIT = 16 * 1024 * 1024  # Decision 6
 #: memoryviews so that the transport can write them without a copy.
 _COPY_LIMIT = 16 * 1024
 _UINT8 = [bytes((value,)) for value in range(256)]
+_U48 = 1 << 48
 
 
 class _Outgoing:
@@ -204,10 +219,13 @@ class Sender(Receiver):
         if self._going_away or self._peer_going_away:
             raise GoingAwayError("the connection is going away: no new messages")
         size = len(data)
-        if not files and size < 0x100 and not stream and len(id) == 16:
-            # The hottest shape: no files, no stream, small data. Everything of the header but
-            # the id is cached per (action, size, expects_response); the exchange is complete
-            # once written, so when a channel is free it is written at once (see _write_whole).
+        # Two fast paths for messages without files; _general_message makes the very same bytes
+        # (test_packetizing proves it for random messages and packet sizes), only slower.
+        if not files and size < 0x100 and size <= self._max_packet and not stream and len(id) == 16:
+            # The hottest shape: no files, no stream, data small enough for one packet.
+            # Everything of the header but the id is cached per (action, size,
+            # expects_response); the exchange is complete once written, so when a channel is
+            # free it is written at once (see _write_whole).
             key = (action, size, expects_response)
             parts = self._headers.get(key)
             if parts is None:
@@ -224,8 +242,7 @@ class Sender(Receiver):
                     out += data
                 return
         if not files and len(id) == 16:
-            # The common shape (no files) from a cached action field: the general encoder
-            # below makes the very same bytes, only slower.
+            # The common shape (no files): the header from a cached action field.
             cached = self._actions.get(action)
             if cached is None:
                 cached = self._cache_action(action)
@@ -233,16 +250,22 @@ class Sender(Receiver):
             if not size:
                 size_part = b""
             elif size < 0x100:
-                flags |= 0x40
+                flags |= DATA_U8
                 size_part = _UINT8[size]
             elif size < 0x10000:
-                flags |= 0x80
+                flags |= DATA_U16
                 size_part = size.to_bytes(2, "little")
-            else:
-                flags |= 0xC0
+            elif size < _U48:
+                flags |= DATA_U48
                 size_part = size.to_bytes(6, "little")
-            length = 17 + len(action_part) + len(size_part)
-            type_bits = 0x20 | (0x02 if stream else 0) | (0x01 if expects_response else 0)
+            else:
+                raise LocalProtocolError(f"data of {size} bytes is over the protocol's 2^48")
+            length = 17 + len(action_part) + len(size_part)  # flags, id, action, data size
+            type_bits = (
+                TYPE_MESSAGE
+                | (HAS_STREAM if stream else 0)
+                | (EXPECTS_RESPONSE if expects_response else 0)
+            )
             if length < 0x100:
                 head = _UINT8[type_bits] + _UINT8[length] + _UINT8[flags]
             else:
@@ -251,12 +274,27 @@ class Sender(Receiver):
             if stream or not self._write_whole(id, header, data):
                 self._begin(_Outgoing(id, header, True), data, [], stream)
             return
+        self._general_message(id, action, data, files, stream, expects_response)
+
+    def _general_message(
+        self,
+        id: bytes,
+        action: str | bytes,
+        data: Buffer,
+        files: Sequence[tuple[str | bytes, int]],
+        stream: bool,
+        expects_response: bool,
+    ) -> None:
+        """The one general encoder of a Message: every shape, packets of ``max_packet_size``.
+
+        The fast paths of ``send_message`` must produce exactly its bytes (test_packetizing)."""
+        if self._going_away or self._peer_going_away:
+            raise GoingAwayError("the connection is going away: no new messages")
         file_list = [(_as_bytes(name), size) for name, size in files]
         header = message_header_packet(
             id, _as_bytes(action), len(data), file_list, stream, expects_response
         )
-        if file_list or stream or not self._write_whole(id, header, data):
-            self._begin(_Outgoing(id, header, True), data, file_list, stream)
+        self._begin(_Outgoing(id, header, True), data, file_list, stream)
 
     def _cache_header(
         self, action: str | bytes, size: int, expects_response: bool
@@ -267,7 +305,7 @@ class Sender(Receiver):
             bytes(16), _as_bytes(action), size, [], False, expects_response
         )
         cut = 2 + (1, 2, 3, 4)[(header[0] >> 2) & 3]  # the id follows type, size and flags
-        after = header[cut + 16 :] + (sized_prefix(0xE0, size) if size else b"")
+        after = header[cut + 16 :] + (sized_prefix(TYPE_DATA, size) if size else b"")
         parts = (header[:cut], after)
         if len(self._headers) < 65536:  # bounded: actions x small sizes
             self._headers[(action, size, expects_response)] = parts
@@ -279,7 +317,7 @@ class Sender(Receiver):
         if length < 0x100:
             cached = (0, _UINT8[length] + encoded)
         elif length < 0x10000:
-            cached = (0x02, length.to_bytes(2, "little") + encoded)
+            cached = (ACTION_U16, length.to_bytes(2, "little") + encoded)
         else:
             raise LocalProtocolError("an action name is over 65,535 bytes")
         if len(self._actions) < 4096:  # a bounded cache: actions are few in practice
@@ -302,6 +340,7 @@ class Sender(Receiver):
             not files
             and not stream
             and size < 0x100
+            and size <= self._max_packet
             and len(id) == 16
             and len(parent_id) == 16
             and self._free
@@ -309,7 +348,8 @@ class Sender(Receiver):
             and id not in self._outgoing
         ):
             # The hot path, as in send_message: a small response is written at once from a
-            # cached header (the ids are its only varying part).
+            # cached header (the ids are its only varying part); _general_response makes the
+            # very same bytes (test_packetizing proves it).
             parts = self._responses.get((size, expects_response))
             if parts is None:
                 header = response_header_packet(
@@ -318,7 +358,7 @@ class Sender(Receiver):
                 cut = 2 + (1, 2, 3, 4)[(header[0] >> 2) & 3]  # after type, size and flags
                 parts = (
                     header[:cut],
-                    header[cut + 32 :] + (sized_prefix(0xE0, size) if size else b""),
+                    header[cut + 32 :] + (sized_prefix(TYPE_DATA, size) if size else b""),
                 )
                 self._responses[(size, expects_response)] = parts
             channel = self._wch
@@ -339,6 +379,22 @@ class Sender(Receiver):
         if file_list or stream or not self._write_whole(id, header, data):
             self._begin(_Outgoing(id, header, False), data, file_list, stream)
 
+    def _general_response(
+        self,
+        parent_id: bytes,
+        id: bytes,
+        data: Buffer,
+        files: Sequence[tuple[str | bytes, int]],
+        stream: bool,
+        expects_response: bool,
+    ) -> None:
+        """The one general encoder of a Response (see ``_general_message``)."""
+        file_list = [(_as_bytes(name), size) for name, size in files]
+        header = response_header_packet(
+            parent_id, id, len(data), file_list, stream, expects_response
+        )
+        self._begin(_Outgoing(id, header, False), data, file_list, stream)
+
     def _write_whole(self, id: bytes, header: bytes, data: Buffer) -> bool:
         """The hot path: an exchange of a header and at most one packet of data is written at
         once when a channel is free, taken and released in the same breath. False if it cannot
@@ -355,7 +411,7 @@ class Sender(Receiver):
             self._switch(channel)
         self._out += header
         if data:
-            self._payload(sized_prefix(0xE0, len(data)), data)
+            self._payload(sized_prefix(TYPE_DATA, len(data)), data)
         return True
 
     def _begin(
@@ -436,7 +492,7 @@ class Sender(Receiver):
             self._ring.remove(outgoing)
             outgoing.in_ring = False
         self._switch(outgoing.channel)
-        self._out.append(0x90)
+        self._out.append(TYPE_ABORT)
         self._release(outgoing.channel)
         self._start_waiting()
         return True
@@ -448,7 +504,7 @@ class Sender(Receiver):
             raise LocalProtocolError("an id is 16 bytes")
         if 0 <= code < 16:
             out = self._out
-            out += _UINT8[0x30 | code]
+            out += _UINT8[TYPE_FAST_REPLY_LOW | code]
             out += id
             return
         if not 0 <= code <= MAX_FAST_REPLY_CODE:
@@ -456,13 +512,13 @@ class Sender(Receiver):
         self._out += fast_reply_packet(id, code)
 
     def send_heartbeat(self) -> None:
-        self._out.append(0xA0)
+        self._out.append(TYPE_HEARTBEAT)
 
     def send_go_away(self) -> None:
         """Tells the peer we start no new messages (sent once; later calls do nothing)."""
         if not self._going_away:
             self._going_away = True
-            self._out.append(0xB0)
+            self._out.append(TYPE_GO_AWAY)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -579,7 +635,7 @@ class Sender(Receiver):
             kind, index, payload = queue[0]
             if kind == _STREAM_END:
                 queue.popleft()
-                self._out.append(0x80)
+                self._out.append(TYPE_STREAM_END)
                 outgoing.open_parts -= 1
                 continue
             if kind == _FILE_END:
@@ -596,9 +652,9 @@ class Sender(Receiver):
                 queue.popleft()
             size = len(part)
             if kind == _DATA:
-                self._payload(sized_prefix(0xE0, size), part)
+                self._payload(sized_prefix(TYPE_DATA, size), part)
             elif kind == _STREAM:
-                self._payload(sized_prefix(0x70, size), part)
+                self._payload(sized_prefix(TYPE_STREAM, size), part)
             else:
                 self._payload(file_packet_prefix(index, size), part)
             emitted += size

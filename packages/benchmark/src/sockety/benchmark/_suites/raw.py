@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from .._cases import ALL_CASE_NAMES
 from .._net import bind_socket, forever
+from .._paced import nagle_on
 from .._raw import (
     T_COUNT,
     T_DATA,
@@ -22,13 +25,15 @@ from .._raw import (
     RawServerProtocol,
 )
 from .._suite import Connection, Suite
+from ._tls import TestCertificates
 
-__all__ = ["RawConnection", "RawSuite"]
+__all__ = ["RawConnection", "RawSuite", "RawTlsSuite"]
 
 
 class RawConnection(Connection):
     def __init__(self, protocol: RawClientProtocol) -> None:
         self.protocol = protocol
+        self.nagle = False
 
     def ping(self) -> Awaitable[Any]:
         return self.protocol.request(T_PING)
@@ -52,6 +57,14 @@ class RawConnection(Connection):
         await self.protocol.drain()
         return await self.protocol.request(T_DATA, body)
 
+    def upload_paced(self, body: bytes) -> Awaitable[Any]:
+        if not self.nagle:
+            transport = self.protocol.transport
+            assert transport is not None
+            nagle_on(transport)
+            self.nagle = True
+        return self.protocol.request_paced(T_DATA, body)
+
     def download(self, total: int, chunk: int, on_data: Callable[[int], None]) -> Awaitable[Any]:
         return self.protocol.stream(total, chunk, on_data)
 
@@ -67,9 +80,17 @@ class RawSuite(Suite):
     cases = ALL_CASE_NAMES
     order = 0
 
+    def server_ssl(self) -> ssl.SSLContext | None:
+        return None
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        return None
+
     async def serve(self, host: str, port: int, ready: Callable[[int], None]) -> None:
         sock = bind_socket(host, port)
-        server = await asyncio.get_running_loop().create_server(RawServerProtocol, sock=sock)
+        server = await asyncio.get_running_loop().create_server(
+            RawServerProtocol, sock=sock, ssl=self.server_ssl()
+        )
         ready(sock.getsockname()[1])
         try:
             await forever()
@@ -78,9 +99,30 @@ class RawSuite(Suite):
 
     async def connect(self, host: str, port: int) -> Connection:
         _, protocol = await asyncio.get_running_loop().create_connection(
-            RawClientProtocol, host, port
+            RawClientProtocol, host, port, ssl=self.client_ssl()
         )
         return RawConnection(protocol)
 
 
-SUITES = [RawSuite()]
+class RawTlsSuite(RawSuite):
+    """The same ceiling over TLS (the ssl module through asyncio's transport, as Sockety's): what
+    TLS itself costs, so that Sockety over TLS is measured against its own limit."""
+
+    name = "tls-ceiling"
+    description = "raw-Python ceiling over TLS (same framing and buffers; trustme certificates)"
+    order = 1
+
+    def __init__(self) -> None:
+        self.certificates = TestCertificates("tls-ceiling")
+
+    def prepare(self, workdir: Path) -> None:
+        self.certificates.prepare(workdir)
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        return self.certificates.server_context()
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        return self.certificates.client_context()
+
+
+SUITES = [RawSuite(), RawTlsSuite()]

@@ -7,21 +7,26 @@ alive), so there is no protocol-level round trip to time.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sockety.client import Connection as SocketyConnection
 from sockety.client import Draft, FastReply, FileTransfer, Message, Response, ResponseDraft, Router
 from sockety.client import connect as sockety_connect
+from sockety.core import Connection as Core
+from sockety.core import ConnectionOpened, FastReplyReceived, new_id
 from sockety.server import serve as sockety_serve
 
 from .._cases import ALL_CASE_NAMES, REGULAR_RESPONSE
 from .._net import bind_socket, forever
+from .._paced import nagle_on, write_paced
 from .._suite import Connection, Suite
+from ._tls import TestCertificates
 
-__all__ = ["SocketyBenchConnection", "SocketyTcpSuite", "SocketyTlsSuite"]
+__all__ = ["PacedClient", "SocketyBenchConnection", "SocketyTcpSuite", "SocketyTlsSuite"]
 
 SHORT = Draft("short")
 REGULAR = Draft("regular", data="msgpack")
@@ -90,9 +95,57 @@ def make_router() -> Router:
     return router
 
 
+class PacedClient(asyncio.Protocol):
+    """The ``nagle-1m`` case's client: Sockety's own sans-IO core over a socket with Nagle on,
+    writing each request as :func:`sockety.benchmark._paced.write_paced` does (the way a
+    Node.js client may), where sockety-client would write it whole with Nagle off."""
+
+    def __init__(self) -> None:
+        self.core = Core()
+        self.transport: asyncio.Transport | None = None
+        self.opened = asyncio.get_running_loop().create_future()
+        self.replies: dict[bytes, asyncio.Future[int]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        nagle_on(transport)
+        self.transport.write(self.core.bytes_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.core.receive_data(data):
+            if isinstance(event, FastReplyReceived):
+                reply = self.replies.pop(event.id, None)
+                if reply is not None and not reply.done():
+                    reply.set_result(event.code)
+            elif isinstance(event, ConnectionOpened) and not self.opened.done():
+                self.opened.set_result(None)
+        if self.core.has_queued and self.transport is not None:  # e.g. heartbeats
+            self.transport.write(self.core.bytes_to_send())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = ConnectionResetError("connection lost")
+        for reply in (self.opened, *self.replies.values()):
+            if not reply.done():
+                reply.set_exception(error)
+        self.replies.clear()
+
+    async def upload(self, body: bytes) -> int:
+        assert self.transport is not None
+        id = new_id()
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.replies[id] = reply
+        self.core.send_message(id, "upload", body, expects_response=True)
+        await write_paced(self.transport, [self.core.bytes_to_send()])
+        return await reply
+
+
 class SocketyBenchConnection(Connection):
-    def __init__(self, client: SocketyConnection) -> None:
+    def __init__(
+        self, client: SocketyConnection, paced: Callable[[], Awaitable[PacedClient]]
+    ) -> None:
         self.client = client
+        self.open_paced = paced
+        self.paced: PacedClient | None = None
 
     def short(self) -> Any:
         return self.client.request(SHORT())
@@ -120,6 +173,11 @@ class SocketyBenchConnection(Connection):
         # 64 MiB is what files are for: message data is held whole in memory (max_data_size).
         return self.upload_memory_file(body)
 
+    async def upload_paced(self, body: bytes) -> Any:
+        if self.paced is None:
+            self.paced = await self.open_paced()
+        return await self.paced.upload(body)
+
     async def upload_file(self, path: Path) -> Any:
         await self.client.drain()
         return await self.client.request(FILE(files=[FileTransfer.from_path(path)]))
@@ -135,6 +193,8 @@ class SocketyBenchConnection(Connection):
             on_data(len(piece))
 
     async def aclose(self) -> None:
+        if self.paced is not None and self.paced.transport is not None:
+            self.paced.transport.close()
         await self.client.close(timeout=1)
 
 
@@ -158,7 +218,15 @@ class SocketyTcpSuite(Suite):
 
     async def connect(self, host: str, port: int) -> Connection:
         client = await sockety_connect(host, port, ssl=self.client_ssl(), **LIMITS)
-        return SocketyBenchConnection(client)
+
+        async def open_paced() -> PacedClient:
+            _, paced = await asyncio.get_running_loop().create_connection(
+                PacedClient, host, port, ssl=self.client_ssl()
+            )
+            await paced.opened
+            return paced
+
+        return SocketyBenchConnection(client, open_paced)
 
 
 class SocketyTlsSuite(SocketyTcpSuite):
@@ -167,27 +235,16 @@ class SocketyTlsSuite(SocketyTcpSuite):
     order = 11
 
     def __init__(self) -> None:
-        self.cert_dir = ""
+        self.certificates = TestCertificates("sockety-tls")
 
     def prepare(self, workdir: Path) -> None:
-        import trustme  # noqa: PLC0415 - only the TLS suite needs it
-
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        target = workdir / "sockety-tls"
-        target.mkdir(parents=True, exist_ok=True)
-        ca.cert_pem.write_to_path(str(target / "ca.pem"))
-        cert.private_key_and_cert_chain_pem.write_to_path(str(target / "server.pem"))
-        self.cert_dir = str(target)
+        self.certificates.prepare(workdir)
 
     def server_ssl(self) -> ssl.SSLContext | None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(Path(self.cert_dir) / "server.pem"))
-        return context
+        return self.certificates.server_context()
 
     def client_ssl(self) -> ssl.SSLContext | None:
-        context = ssl.create_default_context(cafile=str(Path(self.cert_dir) / "ca.pem"))
-        return context
+        return self.certificates.client_context()
 
 
 SUITES = [SocketyTcpSuite(), SocketyTlsSuite()]

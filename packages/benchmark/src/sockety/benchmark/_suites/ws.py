@@ -156,7 +156,7 @@ class WebSocketsConnection(Connection):
 class WebSocketsSuite(Suite):
     name = "websockets"
     description = "WebSockets: websockets (asyncio) server and client, 1 connection, request ids"
-    cases = ALL_CASE_NAMES
+    cases = ALL_CASE_NAMES - {"nagle-1m"}  # no way to pace what the library writes
     order = 40
 
     async def serve(self, host: str, port: int, ready: Callable[[int], None]) -> None:

@@ -133,19 +133,28 @@ class Router:
         if not self._error_handlers:
             logger.error("handler for %r failed", message.action, exc_info=error)
             return self.error_code
-        for handler in self._error_handlers:
+        handlers = self._error_handlers
+        for index, handler in enumerate(handlers):
             result = handler(message, error)
             if result is not None:
                 if isinstance(result, int):
                     return result
-                return self._error_chain(message, error, result)
+                return self._error_chain(message, error, result, index + 1)
         return self.error_code
 
     async def _error_chain(
-        self, message: Message, error: Exception, first: Awaitable[Result]
+        self, message: Message, error: Exception, pending: Awaitable[Result], index: int
     ) -> Result:
-        result = await first
-        return self.error_code if result is None else result
+        """Continues the error handlers once an async one is involved: as in the synchronous
+        loop, the first that answers a code decides, None passes on to the next."""
+        result = await pending
+        if result is not None:
+            return result
+        for handler in self._error_handlers[index:]:
+            result = await _settle(handler(message, error))
+            if result is not None:
+                return result
+        return self.error_code
 
 
 async def _settle(result: Result | Awaitable[Result]) -> Result:
