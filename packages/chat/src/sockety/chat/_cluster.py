@@ -1,13 +1,18 @@
-"""One chat room across several ``sockety-chat serve --cluster`` processes, through NATS.
+"""One chat room across several ``sockety-chat serve --cluster`` processes, through NATS: a
+:class:`~sockety.chat._server.Room` whose state is shared with the other servers.
 
-- Messages go into a JetStream history (``sockety.cluster.History``): the author's ``broadcast``
-  is accepted once NATS acknowledged it, and every server (the author's too) delivers what the
-  history feeds it, so all see the same order. A message's stream sequence is its ``id``; a
-  joiner gets the last ``history`` messages first, a client that comes back says which id it saw
-  last (``since``) and gets what came after: nothing JetStream holds is missed, nothing repeats.
-- Names are presence keys (``Cluster.bind``): one users list, and a name held on a server that
-  died is released within the TTL (or at once by the ping take-over).
-- System notices and live typing cross as NATS topics (ephemeral, like on one server).
+- Room-wide messages go into a JetStream history (``sockety.cluster.History``): the author's
+  ``broadcast`` is accepted once NATS acknowledged it (the client's message id is the JetStream
+  message id, so a resend, even to another server, is stored once), and every server (the
+  author's too) delivers what the history feeds it, so all see the same order. The stream
+  sequence is the message's ``seq`` (and its ``id``). A joiner's client says the last ``seq`` it
+  saw (``since``, 0 when new) and gets what followed, or the last ``history`` messages: nothing
+  JetStream holds is missed, nothing repeats.
+- Names are presence keys (``Cluster.bind``): one users list; the name of someone whose server
+  died is released within the TTL, or at once when they come back (the ping take-over).
+- System notices and live typing cross as NATS topics (ephemeral, as on one server).
+- Not across servers (yet): private messages and file offers reach members of the sender's
+  server only.
 
 Imported only with ``--cluster``: sockety-chat does not depend on sockety-cluster.
 """
@@ -18,21 +23,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import msgpack
-import nats.errors
-import nats.js.errors
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from sockety.cluster import Cluster, ClusterError, History, KeyTakenError
 from sockety.core import SocketyError
 from sockety.server import Connection, FastReply
 
 from . import _protocol as p
-
-if TYPE_CHECKING:
-    from ._server import ChatServer, _TypingRelay
+from ._server import Member, Room, _TypingRelay
 
 __all__ = ["ClusterRoom"]
 
@@ -40,14 +40,17 @@ logger = logging.getLogger("sockety.chat.cluster")
 
 #: A ``since`` gets at most this many messages (the history's retention bounds it anyway).
 MAX_CATCH_UP = 10_000
-#: Files cross in records of at most this many bytes (NATS messages stay small).
-FILE_PIECE = 32 * 1024
-#: Records a receiving server fetches at once (then waits for its slowest member's sink).
-FILE_BATCH = 8
 
 
-class ClusterRoom:
-    """The chat server's backend when it is clustered (``ChatServer(room=ClusterRoom(...))``)."""
+class _Typist:
+    """Someone typing on another server: all a typing relay needs of its source."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class ClusterRoom(Room):
+    """``ChatServer(room=ClusterRoom("nats://127.0.0.1:4222"))``."""
 
     def __init__(
         self,
@@ -56,191 +59,186 @@ class ClusterRoom:
         history: int = 100,
         retention: int = 10_000,
         prefix: str = "sockety_chat",
-        # The files stream holds at most this much (uploads fail beyond it) for this long.
-        max_file_bytes: int = 1024**3,
-        file_retention: float = 600.0,
-        # How long a joiner's history waits for its client's `since` (then: the last N).
+        # How long a joiner's history waits for its client's `since` (then: the last N, for
+        # clients that never send one, like the reference's).
         since_wait: float = 1.0,
-        **cluster_options: Any,
+        name: str | None = None,
+        **room_options: Any,
     ) -> None:
-        self.since_wait = since_wait
-        self.cluster = Cluster(servers, prefix=prefix, **cluster_options)
+        super().__init__(**room_options)
+        self.cluster = Cluster(servers, prefix=prefix, name=name)
+        self.cluster_link = self.cluster
         self.history_size = history
+        self.since_wait = since_wait
         self.history = History(self.cluster, "messages", max_records=max(retention, history))
-        self._chat: ChatServer | None = None
-        # Members still being sent their history: live messages wait here (in order).
-        self._catching: dict[Connection, list[tuple[int, bytes]]] = {}
-        self._last_sent: dict[Connection, int] = {}
-        self._waiting: dict[Connection, asyncio.TimerHandle] = {}
+        # Members still being sent their history: live messages wait here, in order.
+        self._catching: dict[Member, list[tuple[int, bytes]]] = {}
+        self._last_sent: dict[Member, int] = {}
+        self._waiting: dict[Member, asyncio.TimerHandle] = {}
         self._remote_typing: dict[tuple[str, str], _TypingRelay] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.files_stream = f"{prefix}_files"
-        self.files_subject = f"{prefix}.file"
-        self._max_file_bytes = max_file_bytes
-        self._file_retention = file_retention
-        self._files_ready = False
-        self._files_made = 0
+        self._jobs: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self, chat: ChatServer) -> None:
-        """After the chat's server (and so the cluster link) started."""
-        self._chat = chat
+    async def started(self) -> None:
         await self.history.start()
         await self.history.follow(self._on_record, after=await self.history.last_sequence())
         await self.cluster.subscribe("system", self._on_system)
         await self.cluster.subscribe("typing", self._on_typing)
-        await self.cluster.subscribe("file", self._on_file)
         self.cluster.on_presence = self._on_presence
 
-    async def close(self) -> None:
+    async def stopped(self) -> None:
         for relay in list(self._remote_typing.values()):
-            relay.end()
-        for task in list(self._tasks):
+            relay.ended = True
+            self._typing_changed(relay)
+        self._remote_typing.clear()
+        for timer in self._waiting.values():
+            timer.cancel()
+        for task in list(self._jobs):
             task.cancel()
         await self.history.close()
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
 
-    # -- names ----------------------------------------------------------------------------------
+    # -- people ---------------------------------------------------------------------------------
 
-    def names(self, local: list[str]) -> list[str]:
+    @property
+    def names(self) -> list[str]:
         """Everyone in the room: the cluster's presence, and local names not in it yet."""
         everyone = list(self.cluster.presence)
-        return everyone + [name for name in local if name not in self.cluster.presence]
+        return everyone + [m.name for m in self.members.values() if m.name not in everyone]
 
-    def joined(self, connection: Connection, name: str) -> None:
-        """A connection joined under ``name`` (sent LOGIN already): bind the name. Its history
-        follows its ``since`` (this package's client sends one at once: the last id it saw, 0
-        if none), or after ``since_wait`` seconds the last ``history`` messages (for clients
-        that never send one, like the reference's)."""
-        self._catching[connection] = []
-        self._spawn(self._bind(connection, name))
-        self._waiting[connection] = asyncio.get_running_loop().call_later(
-            self.since_wait, self._start_replay, connection, 0
+    def join(self, connection: Connection) -> Member:
+        member = super().join(connection)
+        for relay in self._remote_typing.values():
+            member.typing_changed(relay)
+        self._catching[member] = []
+        self._spawn(self._claim(member, member.name, previous=None))
+        self._waiting[member] = asyncio.get_running_loop().call_later(
+            self.since_wait, self._start_replay, member, 0
+        )
+        return member
+
+    def taken(self, name: str, by: Member | None = None) -> bool:
+        """Here, or the same name in another case on another server (the same name exactly is
+        for the presence bucket to decide: it may be held by a server that died)."""
+        if super().taken(name, by):
+            return True
+        folded = name.casefold()
+        return any(
+            key != name and key.casefold() == folded and server != self.cluster.id
+            for key, server in self.cluster.presence.items()
         )
 
-    async def _bind(self, connection: Connection, name: str) -> None:
+    def rename_to(self, member: Member, name: str) -> Any:
+        if member.name == name:
+            return super().rename_to(member, name)
+        return self._rename(member, name)
+
+    async def _rename(self, member: Member, name: str) -> int:
+        previous = member.name
         try:
-            await self.cluster.bind(connection, name)
+            await self.cluster.bind(member.connection, name)
+        except KeyTakenError:
+            return FastReply.BAD_REQUEST
+        except (ClusterError, SocketyError) as error:
+            logger.warning("could not publish %s's presence: %s", name, error)
+            return FastReply.INTERNAL_ERROR
+        if not member.left and member.name == previous:
+            self.rename(member, name)
+        return FastReply.ACCEPT
+
+    async def _claim(self, member: Member, name: str, *, previous: str | None) -> None:
+        try:
+            await self.cluster.bind(member.connection, name)
         except (ClusterError, SocketyError) as error:
             logger.warning("could not publish %s's presence: %s", name, error)
 
-    def since(self, connection: Connection, after: int) -> None:
-        """The client saw messages up to ``after`` (0: none): send it what followed (with 0,
-        the last ``history``). Only the first one counts: later ones are answered by the live
-        feed already."""
-        if connection in self._waiting:
-            self._start_replay(connection, after)
-
-    def _start_replay(self, connection: Connection, after: int) -> None:
-        timer = self._waiting.pop(connection, None)
-        if timer is None:
-            return
-        timer.cancel()
-        if after > 0:
-            self._spawn(self._replay(connection, after=after, count=MAX_CATCH_UP))
-        else:
-            self._spawn(self._replay(connection, after=0, count=self.history_size))
-
-    async def rename(self, connection: Connection, name: str) -> bool:
-        """Takes ``name`` in the whole cluster for ``connection``: False if someone has it (in
-        any case: the presence says who; a name held on a server that died is taken over)."""
-        folded = name.casefold()
-        for key, server in self.cluster.presence.items():
-            if key != name and key.casefold() == folded and server != self.cluster.id:
-                return False
-        try:
-            await self.cluster.bind(connection, name)
-        except KeyTakenError:
-            return False
-        except (ClusterError, SocketyError) as error:
-            logger.warning("could not rename to %s: %s", name, error)
-            return False
-        return True
-
-    def left(self, connection: Connection) -> None:
-        timer = self._waiting.pop(connection, None)
+    def leave(self, member: Member, reason: str = "") -> None:
+        super().leave(member, reason)
+        timer = self._waiting.pop(member, None)
         if timer is not None:
             timer.cancel()
-        self._catching.pop(connection, None)
-        self._last_sent.pop(connection, None)
+        self._catching.pop(member, None)
+        self._last_sent.pop(member, None)
 
     def _on_presence(self, key: str, server: str | None) -> None:
-        chat = self._chat
-        if chat is None:
-            return
         if server is None:  # gone (left, or its server died): so is its typing line
             for (origin, author), relay in list(self._remote_typing.items()):
                 if author == key:
-                    relay.end()
+                    relay.ended = True
+                    self._typing_changed(relay)
                     del self._remote_typing[origin, author]
-        chat.users_changed()
+        self._users()
 
     # -- messages -------------------------------------------------------------------------------
 
-    async def say(self, author: str, content: str, date: str) -> int:
-        """Appends a message to the history; ACCEPT once NATS acknowledged it."""
-        record = msgpack.packb({"date": date, "author": author, "content": content})
+    def say(self, payload: dict[str, Any], *, key: str | None) -> Any:
+        return self._store(payload, key)
+
+    async def _store(self, payload: dict[str, Any], key: str | None) -> int:
         try:
-            await self.history.append(record)
+            await self.history.append(msgpack.packb(payload), msg_id=key)
         except ClusterError as error:
-            logger.warning("a message from %s was not stored: %s", author, error)
+            logger.warning("a message from %s was not stored: %s", payload.get("author"), error)
             return FastReply.INTERNAL_ERROR
         return FastReply.ACCEPT
 
-    async def _replay(self, connection: Connection, *, after: int, count: int) -> None:
+    def since(self, member: Member, after: int) -> None:
+        """Only the first ``since`` counts; later ones are answered by the live feed already."""
+        if member in self._waiting:
+            self._start_replay(member, after)
+
+    def _start_replay(self, member: Member, after: int) -> None:
+        timer = self._waiting.pop(member, None)
+        if timer is None:
+            return
+        timer.cancel()
+        count = MAX_CATCH_UP if after > 0 else self.history_size
+        self._spawn(self._replay(member, after, count))
+
+    async def _replay(self, member: Member, after: int, count: int) -> None:
         try:
             records = await self.history.read(count, after=after)
-        except (ClusterError, SocketyError, OSError) as error:
+        except Exception as error:  # NATS away, or nats-py's own errors: live goes on
             logger.warning("could not read the history: %s", error)
             records = []
-        except Exception:  # nats-py's own errors
-            logger.exception("could not read the history")
-            records = []
         for sequence, data in records:
-            self._send_record(connection, sequence, data)
+            self._send_record(member, sequence, data)
         # What arrived live meanwhile (no await from here: nothing more is buffered).
-        for sequence, data in self._catching.pop(connection, ()):
-            self._send_record(connection, sequence, data)
+        for sequence, data in self._catching.pop(member, ()):
+            self._send_record(member, sequence, data)
 
     def _on_record(self, sequence: int, data: bytes) -> None:
-        chat = self._chat
-        if chat is None:
-            return
-        for connection in chat.members:
-            waiting = self._catching.get(connection)
+        for member in list(self.members.values()):
+            waiting = self._catching.get(member)
             if waiting is not None:
                 waiting.append((sequence, data))
             else:
-                self._send_record(connection, sequence, data)
+                self._send_record(member, sequence, data)
 
-    def _send_record(self, connection: Connection, sequence: int, data: bytes) -> None:
-        if sequence <= self._last_sent.get(connection, 0) or connection.closed:
+    def _send_record(self, member: Member, sequence: int, data: bytes) -> None:
+        if sequence <= self._last_sent.get(member, 0) or member.left:
             return  # sent already (a replay and the live feed overlap): never twice
-        try:
-            record = msgpack.unpackb(data)
-        except ValueError:
-            return
+        record = _unpack(data)
         if not isinstance(record, dict):
             return
-        self._last_sent[connection] = sequence
-        with contextlib.suppress(SocketyError):
-            connection.send_nowait(p.CHAT({**record, "id": sequence}))
+        self._last_sent[member] = sequence
+        self.deliver(member, p.CHAT({**record, "id": sequence, "seq": sequence}))
 
     # -- system notices -------------------------------------------------------------------------
 
-    def system(self, content: str, date: str) -> None:
-        """A notice from this server, for the others' members too."""
-        self._publish("system", {"date": date, "content": content})
+    def system(self, content: str, *, but: Member | None = None) -> None:
+        super().system(content, but=but)
+        self._publish("system", {"date": self.now(), "content": content})
 
     def _on_system(self, data: bytes, origin: str) -> None:
         notice = _unpack(data)
-        if self._chat is not None and isinstance(notice, dict):
-            self._chat.local_notice(notice)
+        if isinstance(notice, dict):
+            self.publish(p.SYSTEM, notice)
 
     def _publish(self, topic: str, value: Any) -> None:
         try:
@@ -250,16 +248,20 @@ class ClusterRoom:
 
     # -- typing ---------------------------------------------------------------------------------
 
-    def typed(self, author: str, text: str) -> None:
-        self._publish("typing", [author, text, False])
+    def typed(self, relay: _TypingRelay, text: str) -> None:
+        super().typed(relay, text)
+        if not relay.ended:
+            self._publish("typing", [relay.author, text, False])
 
-    def typing_ended(self, author: str) -> None:
-        self._publish("typing", [author, "", True])
+    def end_typing(self, member: Member, relay: _TypingRelay | None = None) -> None:
+        current = self._typing.get(member)
+        super().end_typing(member, relay)
+        if current is not None and current.ended:
+            self._publish("typing", [current.author, "", True])
 
     def _on_typing(self, data: bytes, origin: str) -> None:
         value = _unpack(data)
-        chat = self._chat
-        if chat is None or not (isinstance(value, list) and len(value) == 3):
+        if not (isinstance(value, list) and len(value) == 3):
             return
         author, text, ended = value
         if not isinstance(author, str) or not isinstance(text, str):
@@ -267,136 +269,18 @@ class ClusterRoom:
         relay = self._remote_typing.get((origin, author))
         if ended:
             if relay is not None:
-                relay.end()
+                relay.ended = True
+                self._typing_changed(relay)
                 del self._remote_typing[origin, author]
             return
         if relay is None:
-            relay = self._remote_typing[origin, author] = chat.remote_typing(author)
-        relay.update(p.clean_text(text))
-
-    # -- files ----------------------------------------------------------------------------------
-
-    def share(self, meta: dict[str, Any]) -> FileShare:
-        return FileShare(self, meta)
-
-    async def ensure_files(self) -> None:
-        if self._files_ready:
-            return
-        config = StreamConfig(
-            name=self.files_stream,
-            subjects=[f"{self.files_subject}.>"],
-            max_bytes=self._max_file_bytes,
-            max_age=self._file_retention,
-            max_msg_size=FILE_PIECE + 1024,  # a record, and the headers js.publish adds
-            discard=DiscardPolicy.NEW,  # full: new uploads fail, files on their way stay whole
-            storage=StorageType.FILE,
-        )
-        js = self.cluster.jetstream
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await js.update_stream(config)
-        self._files_ready = True
-
-    def _on_file(self, data: bytes, origin: str) -> None:
-        offer = _unpack(data)
-        chat = self._chat
-        if chat is None or not isinstance(offer, dict):
-            return
-        file_id, meta = offer.get("id"), offer.get("meta")
-        if not isinstance(file_id, str) or not isinstance(meta, dict):
-            return
-        if not (isinstance(meta.get("name"), str) and isinstance(meta.get("size"), int)):
-            return
-        sinks = chat.file_sinks(meta, but=None)
-        if sinks:
-            self._spawn(self._receive_file(file_id, sinks))
-
-    async def _receive_file(self, file_id: str, sinks: list[Any]) -> None:
-        """Fetches a file's records a few at a time and feeds this server's sinks: memory per
-        file is one batch plus the sinks' own bounds, whatever the file's size."""
-        await self.ensure_files()
-        subject = f"{self.files_subject}.{file_id}"
-        ended = False
-        try:
-            sub = await self.cluster.jetstream.pull_subscribe(
-                subject,
-                stream=self.files_stream,
-                config=ConsumerConfig(
-                    filter_subject=subject,
-                    deliver_policy=DeliverPolicy.ALL,
-                    inactive_threshold=60.0,
-                ),
-            )
-            try:
-                while not ended:
-                    try:
-                        records = await sub.fetch(FILE_BATCH, timeout=30)
-                    except nats.errors.TimeoutError:
-                        break  # the sender stalled for 30 s: give up
-                    for record in records:
-                        await record.ack()
-                        kind, piece = record.data[:1], record.data[1:]
-                        if kind == b"d":
-                            for sink in sinks:
-                                await sink.put(piece)
-                        else:
-                            ended = kind == b"e"
-                            break
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-        except Exception as error:
-            logger.warning("file %s could not be received: %s", file_id, error)
-        for sink in sinks:
-            sink.finish() if ended else sink.abort()
-
-    def member_joined(self, connection: Connection) -> None:
-        """A new local member sees the other servers' typists too."""
-        for relay in self._remote_typing.values():
-            relay.add(connection)
+            relay = _TypingRelay(cast(Member, _Typist(author)))
+            self._remote_typing[origin, author] = relay
+        relay.text = p.clean_text(text)
+        self._typing_changed(relay)
 
 
 def _unpack(data: bytes) -> Any:
-    try:
+    with contextlib.suppress(ValueError, TypeError, msgpack.UnpackException):
         return msgpack.unpackb(data)
-    except ValueError:
-        return None
-
-
-class FileShare:
-    """One file leaving this server for the others: chunks appended to the files stream (each
-    acknowledged, so a slow NATS slows the upload instead of filling memory), then an end or
-    abort record. The offer goes first, on the ``file`` topic."""
-
-    def __init__(self, room: ClusterRoom, meta: dict[str, Any]) -> None:
-        self.room = room
-        self.meta = meta
-        room._files_made += 1
-        self.id = f"{room.cluster.id}-{room._files_made}"
-        self.subject = f"{room.files_subject}.{self.id}"
-
-    async def start(self) -> None:
-        await self.room.ensure_files()
-        self.room._publish("file", {"id": self.id, "meta": self.meta})
-
-    async def _append(self, record: bytes) -> None:
-        try:
-            await self.room.cluster.jetstream.publish(
-                self.subject, record, stream=self.room.files_stream, timeout=10
-            )
-        except Exception as error:  # nats-py's errors: the stream is full, NATS is away, ...
-            logger.warning("file %s: a record was not stored: %r", self.id, error)
-            raise ClusterError(f"the file could not be relayed: {error}") from error
-
-    async def put(self, chunk: bytes) -> None:
-        for start in range(0, len(chunk), FILE_PIECE):
-            await self._append(b"d" + chunk[start : start + FILE_PIECE])
-
-    async def finish(self) -> None:
-        with contextlib.suppress(ClusterError):
-            await self._append(b"e")
-
-    async def abort(self) -> None:
-        with contextlib.suppress(ClusterError):
-            await self._append(b"a")
+    return None

@@ -72,14 +72,20 @@ class History:
         except nats.js.errors.BadRequestError:  # it exists with other limits: these win
             await js.update_stream(config)
 
-    async def append(self, data: bytes) -> int:
+    async def append(self, data: bytes, *, msg_id: str | None = None) -> int:
         """Stores ``data``; returns its sequence once NATS acknowledged it (then it survives a
-        NATS restart). Raises :class:`ClusterUnavailableError` when it was not acknowledged."""
+        NATS restart). Raises :class:`ClusterUnavailableError` when it was not acknowledged.
+        ``msg_id``: the same id appended again within JetStream's duplicate window (2 min) is
+        stored once (a client's resend, even through another server)."""
         if len(data) > self.cluster.max_payload:
             raise PayloadTooLargeError(len(data), self.cluster.max_payload)
         try:
             ack = await self.cluster.jetstream.publish(
-                self.subject, data, timeout=self.ack_timeout, stream=self.stream
+                self.subject,
+                data,
+                timeout=self.ack_timeout,
+                stream=self.stream,
+                headers={"Nats-Msg-Id": msg_id} if msg_id else None,
             )
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             raise ClusterUnavailableError(
