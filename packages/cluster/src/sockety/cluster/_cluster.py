@@ -41,6 +41,7 @@ from sockety.core import SocketyError
 from sockety.core.aio import Connection, Outgoing, Response
 
 from ._errors import (
+    ClusterError,
     ClusterUnavailableError,
     KeyTakenError,
     NotConnectedError,
@@ -265,26 +266,12 @@ class Cluster:
                     reconnected_cb=self._on_reconnected,
                 )
         except (OSError, TimeoutError, nats.errors.Error) as error:
-            self._closing = True
-            with contextlib.suppress(Exception):
-                await nc.close()
-            raise ClusterUnavailableError(
-                f"cannot connect to NATS at {', '.join(self.servers)}: "
-                f"{error or type(error).__name__}"
-            ) from error
+            raise await self._give_up(nc, "cannot connect to NATS at", error) from error
         try:
             await self._join(nc)
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
-            self._closing = True
-            for task in (self._watching,):
-                if task is not None:
-                    task.cancel()
-            with contextlib.suppress(Exception):
-                await nc.close()
-            raise ClusterUnavailableError(
-                f"NATS at {', '.join(self.servers)} refused the presence bucket (is JetStream "
-                f"on? nats-server -js): {error or type(error).__name__}"
-            ) from error
+            why = "refused the presence bucket (is JetStream on? nats-server -js) at"
+            raise await self._give_up(nc, why, error) from error
         await nc.flush()
         self._up.set()
         self.metrics.connected.set(1)
@@ -292,6 +279,17 @@ class Cluster:
         self._pump = loop.create_task(self._drain())
         self._refresher = loop.create_task(self._refresh_every(self.presence_ttl / 3))
         logger.info("cluster: server %s joined NATS at %s", self.id, _url(nc))
+
+    async def _give_up(self, nc: NATS, why: str, error: BaseException) -> ClusterError:
+        """Closes a half-made link; the error to raise."""
+        self._closing = True
+        if self._watching is not None:
+            self._watching.cancel()
+        with contextlib.suppress(Exception):
+            await nc.close()
+        return ClusterUnavailableError(
+            f"{why} {', '.join(self.servers)}: {error or type(error).__name__}"
+        )
 
     async def _join(self, nc: NATS) -> None:
         self.max_payload = min(self.max_payload, nc.max_payload)

@@ -4,6 +4,7 @@ something, or ask one person a question answered by that person's client."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sockety.core import SocketyError
@@ -23,6 +24,8 @@ ASK = Draft("ask", data="msgpack")  # [key, bytes] -> ANSWER
 HEARD = Draft("heard", data="bytes")
 QUESTION = Draft("question", data="bytes")  # a request: the client answers with ANSWER
 ANSWER = ResponseDraft(data="bytes")
+
+logger = logging.getLogger("sockety.cluster")
 
 #: The server could not queue it (the cluster's outgoing queue is full): try later.
 BUSY = 503
@@ -82,7 +85,8 @@ async def ask(message: Message) -> int | None:
         return FastReply.BAD_REQUEST
     try:
         reply = await Cluster.of(message.connection).request(pair[0], QUESTION(pair[1]))
-    except ClusterError:
+    except ClusterError as error:
+        logger.info("ask %r: %s", pair[0], error)
         return FastReply.NOT_IMPLEMENTED  # nobody holds that key (or its server is away)
     except (SocketyError, ValueError):
         return FastReply.BAD_REQUEST
