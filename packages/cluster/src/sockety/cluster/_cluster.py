@@ -272,7 +272,7 @@ class Cluster:
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             why = "refused the presence bucket (is JetStream on? nats-server -js) at"
             raise await self._give_up(nc, why, error) from error
-        await nc.flush()
+        await self._interest_registered()
         self._up.set()
         self.metrics.connected.set(1)
         loop = asyncio.get_running_loop()
@@ -450,7 +450,21 @@ class Cluster:
         """Waits until the outgoing queue is empty and NATS has everything (bound it with
         ``asyncio.timeout``: while NATS is down this waits for it)."""
         await self._empty.wait()
-        await self.nats.flush()
+        await self._interest_registered()
+
+    async def _interest_registered(self) -> None:
+        """A round trip after everything written so far (subscriptions included) reached NATS.
+
+        nats-py's ``flush()`` writes its PING straight to the socket, ahead of commands still
+        in its pending buffer (a SUB just made): its PONG can come back before NATS saw the SUB,
+        and a message published to the new subscription by another server right after is lost.
+        So the flusher task empties that buffer first (it runs at the next loop turns)."""
+        nc = self.nats
+        for _ in range(10_000):  # a few loop turns in practice; bounded all the same
+            if nc.pending_data_size == 0 or not nc.is_connected:
+                break
+            await asyncio.sleep(0)
+        await nc.flush()
 
     @property
     def queued_bytes(self) -> int:
@@ -646,7 +660,7 @@ class Cluster:
                     logger.exception("cluster: a %r topic callback failed", topic)
 
         self._topic_subs[topic] = await self._subscribe(self.subjects.topic(topic), on_topic)
-        await self.nats.flush()
+        await self._interest_registered()
 
     # -- presence -------------------------------------------------------------------------------
 
@@ -687,7 +701,7 @@ class Cluster:
             await self._subscribe(self.subjects.send(key), self._on_send),
             await self._subscribe(self.subjects.request(key), self._on_request),
         ]
-        await self.nats.flush()
+        await self._interest_registered()
         if previous is not None:
             await self.unbind(connection)
         self._local[key] = (connection, revision, subs)
