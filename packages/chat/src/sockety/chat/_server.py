@@ -17,6 +17,9 @@ The seam (where a cluster layer plugs in): all the room's state and every fan-ou
   typist is written); a member whose outbox fills up, or whose socket takes nothing for
   ``stall`` seconds while messages wait, is disconnected with that reason. Nobody else ever
   waits for it.
+- A room across servers (``sockety.chat._cluster.ClusterRoom``) also uses ``cluster_link``,
+  ``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and ``since``: in one
+  process they publish, rename and do nothing.
 - ``Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered for the
   room); ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
   piece by piece, only as fast as that receiver takes it (so one slow receiver holds nothing but
@@ -367,8 +370,6 @@ class Room:
         for member in list(self.members.values()):
             member.typing_changed(relay)
 
-    # -- files -----------------------------------------------------------------------------------
-
     # -- a cluster layer's hooks (see sockety.chat._cluster) -----------------------------------
 
     #: What ``serve(cluster=...)`` gets: None for a room in one process.
@@ -392,6 +393,8 @@ class Room:
 
     def since(self, member: Member, after: int) -> None:
         """The client saw the room's messages up to sequence ``after`` (clustered rooms)."""
+
+    # -- files -----------------------------------------------------------------------------------
 
     def offer(self, member: Member, name: str, size: int) -> Offer:
         self._next_offer += 1
