@@ -32,6 +32,7 @@ CORE = {
     "GoingAwayError",
     "HeartbeatReceived",
     "LocalProtocolError",
+    "MemoryPool",
     "MessageReceived",
     "PacketType",
     "ProtocolError",
@@ -45,6 +46,7 @@ CORE = {
     "new_id",
 }
 AIO = {
+    "OPTIONS",
     "Connection",
     "Draft",
     "FastReply",
@@ -61,6 +63,7 @@ AIO = {
     "StreamReader",
     "StreamWriter",
     "Transfer",
+    "check_options",
     "loop_factory",
     "run",
 }

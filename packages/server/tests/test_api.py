@@ -37,9 +37,9 @@ ERRORS = {
     "SocketyError",
 }
 OWN = {
-    "OperatedServer",
     "Server",
     "ServerMetrics",
+    "ServerObserver",
     "multiprocess_registry",
     "serve",
     "serve_metrics",

@@ -271,7 +271,8 @@ def test_usage_errors_are_one_line_without_traceback(start: Any, app_dir: Path) 
         (["cliapp:nothing"], 2, "has no attribute 'nothing'"),
         (["cliapp"], 2, "must be MODULE:ATTR"),
         (["cliapp:router", "--limit", "bogus=1"], 2, "--limit 'bogus=1'"),
-        (["cliapp:router", "--tls-cert", "x.pem"], 2, "--tls-cert and --tls-key go together"),
+        (["cliapp:router", "--tls-cert", "x.pem"], 2, "--tls-cert: no such file: x.pem"),
+        (["cliapp:router", "--tls-cert", "cliapp.py"], 2, "--tls-cert and --tls-key go together"),
     ]
     for args, status, text in cases:
         server = start(*args, "--port", "0")

@@ -23,6 +23,8 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
+from sockety.core.cli import add_version, port, positive_float, positive_int
+
 from ._cases import CASES, Case
 from ._net import HAVE_UVLOOP
 from ._output import (
@@ -40,6 +42,18 @@ from ._suites import load_suites
 __all__ = ["build_parser", "main"]
 
 QUICK_DURATION = 0.5
+
+
+def non_negative_float(text: str) -> float:
+    """Seconds, 0 allowed (no warmup)."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass  # positive_float says why
+    return positive_float(text)
+
+
 QUICK_WARMUP = 0.2
 
 
@@ -52,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
             "load in separate client process(es)."
         ),
     )
+    add_version(p, "sockety-benchmark")
     p.add_argument(
         "-t",
         "--time",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="SEC",
         help="measured duration per case (default 3, --quick 0.5)",
@@ -63,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-w",
         "--warmup",
-        type=float,
+        type=non_negative_float,
         default=None,
         metavar="SEC",
         help="warmup per case before measuring (default 1, --quick 0.2)",
@@ -71,18 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s",
         "--server-workers",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="server worker processes sharing the port (default 1)",
     )
     p.add_argument(
-        "-c", "--clients", type=int, default=1, metavar="N", help="client processes (default 1)"
+        "-c",
+        "--clients",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="client processes (default 1)",
     )
     p.add_argument(
         "-cc",
         "--concurrency",
-        type=int,
+        type=positive_int,
         default=64,
         metavar="N",
         help="requests in flight per client process (default 64)",
@@ -90,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-cn",
         "--connections",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="connections per client process (default 1)",
@@ -115,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-r",
         "--rounds",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run the whole selection N times, one round after another, and show for each "
@@ -125,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="short cases so that the whole default matrix takes about a minute",
+    )
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="show every column (about 175 characters wide): CPU %% and µs/op of both sides, "
+        "p90 and max, success rate and notes; the default view fits 100 columns",
     )
     p.add_argument(
         "--json",
@@ -155,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-p",
         "--port",
-        type=int,
+        type=port,
         default=0,
         help="port to listen on (--server-only) or to connect to (--remote)",
     )
@@ -290,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = add_ratios(median_rounds(rows), order)
     meta["interrupted"] = interrupted
     if rows:
-        render_table(rows, meta, out)
+        render_table(rows, meta, out, wide=args.wide)
     if args.json:
         write_json(args.json, meta, rows)
     if args.markdown:

@@ -6,9 +6,12 @@ import json
 import os
 import platform
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -21,6 +24,7 @@ __all__ = [
     "add_ratios",
     "median_rounds",
     "metadata",
+    "compact_table",
     "render_table",
     "write_json",
     "write_markdown",
@@ -81,7 +85,7 @@ def _cpu(cpu: dict[str, Any] | None) -> tuple[str, str]:
     return f"{cpu['usr_pct']:.0f}/{cpu['sys_pct']:.0f}", "-" if per_op is None else f"{per_op:.1f}"
 
 
-def _note(row: dict[str, Any]) -> str:
+def _note(row: dict[str, Any], *, with_rounds: bool = True) -> str:
     parts = []
     fair = row.get("fairness")
     if fair and fair.get("p99_ratio") is not None and fair.get("unloaded_us"):
@@ -91,7 +95,7 @@ def _note(row: dict[str, Any]) -> str:
         parts.append(f"server counted {noreply['received_by_server']}/{noreply['sent']}")
     if row.get("note") and row["status"] != "n/a":
         parts.append(str(row["note"]))
-    rounds = row.get("rounds")
+    rounds = row.get("rounds") if with_rounds else None
     if rounds and fair:
         parts.append(f"median of {len(rounds)}: {min(rounds):.1f}x-{max(rounds):.1f}x")
     elif rounds:
@@ -175,18 +179,78 @@ def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def render_table(rows: list[dict[str, Any]], meta: dict[str, Any], console: Console) -> None:
+def _sections(rows: list[dict[str, Any]], table: Table) -> Iterator[dict[str, Any]]:
+    """The rows, with a section line in ``table`` between cases."""
+    previous = None
+    for row in rows:
+        if previous is not None and row["case"] != previous:
+            table.add_section()
+        previous = row["case"]
+        yield row
+
+
+#: The default view: what fits 100 columns (--wide shows every column, as write_markdown).
+COMPACT_HEADERS = ("case", "suite", "rate", "p50", "p99", "srv µs/op", "vs raw")
+_SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def compact_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[Table, list[str]]:
+    """The compact table and its footnotes: why a cell is empty (a case the suite cannot
+    run, an error) and the notes, each said once and marked where it applies."""
+    notes: dict[str, int] = {}
+
+    def mark(text: str) -> str:
+        number = notes.setdefault(text, len(notes) + 1)
+        return str(number).translate(_SUPERSCRIPTS)
+
+    table = Table(
+        title="sockety-bench",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title_justify="left",
+    )
+    for i, header in enumerate(COMPACT_HEADERS):
+        table.add_column(header, justify="left" if i < 2 else "right", no_wrap=True)
+    for row in _sections(rows, table):
+        full = cells(row)
+        # The rounds' range stays in --wide and the JSON: here the caption says "median of".
+        note = (
+            _note(row, with_rounds=False) if row["status"] != "n/a" else str(row.get("note") or "")
+        )
+        marker = mark(note) if note else ""
+        if row["status"] != "ok":
+            style = "dim" if row["status"] == "n/a" else "red"
+            label = Text(full[2] + marker, style=style)
+            table.add_row(full[0], full[1], label, "-", "-", "-", "-")
+            continue
+        style = "" if row["success_pct"] >= 100 else "red"
+        rate = full[3] if row["success_pct"] >= 100 else f"{full[3]} ({full[2]}% ok)"
+        table.add_row(
+            full[0], full[1], Text(rate + marker, style=style), full[4], full[6], full[11], full[12]
+        )
+    footnotes = [f"{str(n).translate(_SUPERSCRIPTS)} {text}" for text, n in notes.items()]
+    return table, footnotes
+
+
+def render_table(
+    rows: list[dict[str, Any]], meta: dict[str, Any], console: Console, *, wide: bool = False
+) -> None:
+    """The results on ``console``: the compact view (100 columns), or every column."""
+    if not wide:
+        table, footnotes = compact_table(rows, meta)
+        console.print(table)
+        width = min(console.width, 100)
+        for line in [*footnotes, caption(meta)]:
+            console.print(textwrap.fill(line, width, subsequent_indent="  "), highlight=False)
+        return
     table = Table(title="sockety-bench", caption=caption(meta), header_style="bold")
     for i, header in enumerate(HEADERS):
         table.add_column(
             header.replace(" usr", "\nusr").replace(" µs", "\nµs"),
             justify="left" if i < 2 or i == 13 else "right",
         )
-    previous = None
-    for row in rows:
-        if previous is not None and row["case"] != previous:
-            table.add_section()
-        previous = row["case"]
+    for row in _sections(rows, table):
         text = cells(row)
         if row["status"] != "ok":
             style = "dim" if row["status"] == "n/a" else "red"

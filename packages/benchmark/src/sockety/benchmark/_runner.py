@@ -430,7 +430,8 @@ def na_row(suite: Suite, case: Case) -> dict[str, Any]:
         "title": case.title,
         "unit": case.unit,
         "status": "n/a",
-        "note": f"{suite.name} has no {case.name} case",
+        "note": f"{suite.name} has no {case.name} case"
+        + (f": {suite.unsupported[case.name]}" if case.name in suite.unsupported else ""),
     }
 
 

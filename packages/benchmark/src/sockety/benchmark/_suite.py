@@ -156,6 +156,8 @@ class Suite(ABC):
     description: ClassVar[str]
     #: Names of the cases (see ``_cases.CASES``) this suite implements; others show "n/a".
     cases: ClassVar[frozenset[str]]
+    #: Why it cannot run the other cases, by case name (shown once, as a table footnote).
+    unsupported: ClassVar[dict[str, str]] = {}
     #: Sorting key for the tables: the raw ceiling first, then Sockety, then the others.
     order: ClassVar[int] = 50
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sockety.core import SocketyError
+from sockety.core.cli import add_version, existing_file
+from sockety.core.cli import port as _port
 from sockety.server import run
 
 from ._app import ChatApp
@@ -40,20 +42,14 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
-    return port
-
-
 def _name(text: str) -> str:
     if not is_valid_name(text):
         raise argparse.ArgumentTypeError(f"invalid name {text!r}: 3 to 50 letters, digits, _ or -")
     return text
+
+
+def _pem(text: str) -> Path:
+    return Path(existing_file(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal chat on Sockety. With no command: a chat server on 127.0.0.1 "
         "and this terminal joined to it (others join with `sockety-chat join`).",
     )
+    add_version(parser, "sockety-chat")
     parser.add_argument("--port", type=_port, default=0, help="embedded server port (0: free)")
     parser.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     parser.add_argument("--downloads", type=Path, help="where /get puts files")
@@ -70,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a standalone chat server")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT)
-    serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve TLS")
-    serve.add_argument("--tls-key", type=Path, help="private key (PEM), if not in --tls-cert")
+    serve.add_argument("--tls-cert", type=_pem, help="certificate chain (PEM): serve TLS")
+    serve.add_argument("--tls-key", type=_pem, help="private key (PEM), if not in --tls-cert")
     serve.add_argument("--max-file-size", type=int, default=1024**3, help="bytes (1 GiB)")
     serve.add_argument(
         "--stall",
@@ -105,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     join.add_argument("--tls", action="store_true", help="connect with TLS (verified)")
-    join.add_argument("--tls-ca", type=Path, help="trust this CA file (implies --tls)")
+    join.add_argument("--tls-ca", type=_pem, help="trust this CA file (implies --tls)")
     join.add_argument("--downloads", type=Path, help="where /get puts files")
     return parser
 

@@ -33,6 +33,7 @@ import msgpack
 
 from sockety.core import ConnectError, ConnectionClosedError, FastReply, SocketyError
 from sockety.core.aio import Connection, Draft, FileTransfer, Incoming, Response, loop_factory
+from sockety.core.cli import add_version, existing_file, positive_float
 
 from ._connect import connect
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to a Sockety server from the shell.",
         epilog="Exit status: 0 ok, 1 error, 2 usage, 3 fast reply other than Accept.",
     )
+    add_version(parser, "sockety-client")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     call = commands.add_parser("call", help="send a message and print the reply")
     send = commands.add_parser("send", help="send a message that expects no reply")
@@ -85,16 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--timeout",
-            type=float,
+            type=positive_float,
             default=30.0,
             metavar="SECONDS",
             help="bound connecting and waiting for the reply (default: 30)",
         )
         tls = sub.add_argument_group("TLS")
         tls.add_argument("--tls", action="store_true", help="connect over TLS (verified)")
-        tls.add_argument("--ca", metavar="PEM", help="trust these CAs (implies --tls)")
-        tls.add_argument("--cert", metavar="PEM", help="client certificate (implies --tls)")
-        tls.add_argument("--key", metavar="PEM", help="its private key")
+        tls.add_argument(
+            "--ca", type=existing_file, metavar="PEM", help="trust these CAs (implies --tls)"
+        )
+        tls.add_argument(
+            "--cert", type=existing_file, metavar="PEM", help="client certificate (implies --tls)"
+        )
+        tls.add_argument(
+            "--key", type=existing_file, metavar="PEM", help="its private key (with --cert)"
+        )
         tls.add_argument("--server-name", metavar="NAME", help="name to verify (default: HOST)")
         tls.add_argument(
             "--insecure", action="store_true", help="do not verify the server's certificate"
@@ -126,14 +134,20 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.key and not args.cert:
+        raise Failure("--key needs --cert (the certificate it belongs to)", EXIT_USAGE)
     if not (args.tls or args.ca or args.cert or args.insecure):
         return None
     try:
         context = ssl.create_default_context(cafile=args.ca)
+    except (OSError, ssl.SSLError) as error:
+        raise Failure(f"cannot load the CA file {args.ca}: {error}") from None
+    try:
         if args.cert:
             context.load_cert_chain(args.cert, args.key)
     except (OSError, ssl.SSLError) as error:
-        raise Failure(f"cannot load TLS files: {error}") from None
+        files = f"{args.cert} and {args.key}" if args.key else args.cert
+        raise Failure(f"cannot load the certificate {files}: {error}") from None
     if args.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

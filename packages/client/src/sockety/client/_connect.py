@@ -3,55 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import ssl as ssl_module
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
 from sockety.core import ConnectError, ConnectionClosedError
-from sockety.core.aio import Connection, Handler
+from sockety.core.aio import OPTIONS, Connection, Handler, check_options
 
 __all__ = ["connect"]
 
-#: Every keyword ``sockety.core.aio.Connection`` takes (its options, then the sans-IO limits it
-#: passes on to ``sockety.core.Connection``), checked when ``connect`` is called: a misspelled
-#: one fails at once, not once the socket is open. Listed rather than read from the signatures,
-#: which the compiled build does not keep; a test compares this with both signatures.
-_OPTIONS = frozenset(
-    {
-        "heartbeat_interval",
-        "idle_timeout",
-        "open_timeout",
-        "close_timeout",
-        "max_receive_buffer",
-        "read_buffer_size",
-        "socket_buffer_size",
-        "receive_buffer_size",
-        "notsent_lowat",
-        "max_queued_messages",
-        "write_budget",
-        "write_buffer_limit",
-        "stream_buffer_limit",
-        # sockety.core.Connection
-        "channels",
-        "send_channels",
-        "max_action_size",
-        "max_data_size",
-        "max_files",
-        "max_header_size",
-        "max_buffered_bytes",
-        "max_packet_size",
-    }
-)
+#: Every keyword ``sockety.core.aio.Connection`` takes, checked when ``connect`` is called: a
+#: misspelled one fails at once, not once the socket is open.
+_OPTIONS = OPTIONS
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    for name in options:
-        if name not in _OPTIONS:
-            close = difflib.get_close_matches(name, _OPTIONS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(f"connect() got an unexpected keyword argument {name!r}{hint}")
+    check_options(options, "connect")
 
 
 class connect:  # used like a function, as websockets.connect is

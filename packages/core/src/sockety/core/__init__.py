@@ -1,6 +1,7 @@
 """sockety.core: the Sockety protocol without I/O, and the API both peers share."""
 
 from . import _connection
+from ._budget import MemoryPool
 from ._connection import Connection
 from ._constants import MAX_CHANNELS, MAX_FAST_REPLY_CODE, FastReply, PacketType
 from ._errors import (
@@ -62,6 +63,7 @@ __all__ = [
     "GoingAwayError",
     "HeartbeatReceived",
     "LocalProtocolError",
+    "MemoryPool",
     "MessageReceived",
     "PacketType",
     "ProtocolError",

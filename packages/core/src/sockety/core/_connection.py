@@ -6,6 +6,7 @@ the tests drive it. Both peers are symmetrical, so one class serves clients and 
 
 from __future__ import annotations
 
+from ._budget import MemoryPool
 from ._receiver import Receiver
 from ._sender import Sender
 
@@ -27,16 +28,22 @@ class Connection(Sender):
         channels: int = 4096,
         # How many channels we send on at most (the peer's announcement lowers it).
         send_channels: int = 4096,
-        # Action names are short identifiers; a long one is a mistake or an attack.
-        max_action_size: int = 1024,
+        # The protocol's own limit (a uint16 length): the Node.js reference sends names that
+        # long, and max_header_size bounds the memory a header takes anyway.
+        max_action_size: int = 65535,
         # Message data is held in memory until complete: bound it. Use streams or files beyond.
         max_data_size: int = 64 * 1024 * 1024,
         # Each file costs a header entry and bookkeeping before any byte of it arrives.
         max_files: int = 1024,
         # Headers are buffered whole before they are parsed.
         max_header_size: int = 1024 * 1024,
-        # Data being assembled over all channels at once (a peer could open many channels).
-        max_buffered_bytes: int = 256 * 1024 * 1024,
+        # The connection's memory budget: everything the peer makes us hold at once (partial
+        # headers, data being assembled, the bookkeeping of unfinished exchanges and declared
+        # files; see _budget). Room for the largest message (max_data_size) twice over; a peer
+        # also never gets more than twice what it sent plus 1 MiB (UNEARNED).
+        max_buffered_bytes: int = 128 * 1024 * 1024,
+        # A budget shared with other connections (a server's), or None.
+        pool: MemoryPool | None = None,
         # Content packets we write: small enough for other channels to interleave with low
         # latency, large enough that per-packet work and syscalls stay small. Measured with
         # sockety-bench (compiled build, 128 KiB socket buffers), 64 / 128 / 256 KiB: 1 MiB data
@@ -55,6 +62,7 @@ class Connection(Sender):
             max_files=max_files,
             max_header_size=max_header_size,
             max_buffered_bytes=max_buffered_bytes,
+            pool=pool,
         )
         Sender.__init__(
             self,
@@ -76,4 +84,4 @@ class Connection(Sender):
     @property
     def idle(self) -> bool:
         """Nothing is being sent or received: no exchange in progress in either direction."""
-        return not self._outgoing and not any(self._incoming) and not self._out and not self._chunks
+        return not self._outgoing and not self._open and not self._out and not self._chunks

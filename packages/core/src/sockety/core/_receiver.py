@@ -29,16 +29,23 @@ Channel: ``IDLE -> HEADER -> BODY -> IDLE``
         and the channel returns to IDLE when, besides, every file ended and the stream ended.
     A Message or Response on a channel that is not IDLE is an error (``CHANNEL_BUSY``).
 
-Memory stays bounded: a partial packet is kept only up to its size (headers are limited by
-``max_header_size``, other packets stream their payload through), and data being assembled is
-limited per message (``max_data_size``) and in total (``max_buffered_bytes``).
+Memory: one budget per connection (``max_buffered_bytes``, optionally shared through a
+:class:`~sockety.core.MemoryPool`) counts everything the peer makes us hold: partial headers,
+message data being assembled, and the bookkeeping of every unfinished exchange and declared file
+(estimated: ``EXCHANGE_COST``, ``FILE_COST``). Past it, or past twice what the peer sent plus
+``UNEARNED`` (exchange bookkeeping aside, which the channel count bounds), the connection fails
+with ``LIMIT_EXCEEDED``. Message data is allocated as it arrives, within that credit: a declared
+size costs nothing until its bytes come. A partial packet is kept only up to its size (headers are
+limited by ``max_header_size``; other packets stream their payload through).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from struct import Struct
 from typing import Any
 
+from ._budget import AHEAD, EXCHANGE_COST, FILE_COST, UNEARNED, MemoryPool
 from ._buffers import data_buffer
 from ._errors import ProtocolErrorKind, RemoteProtocolError
 from ._events import (
@@ -77,6 +84,18 @@ _RESPONSE_WITH_DATA = Struct("<xBB16s16sBBB").unpack_from
 _RESPONSE_WITHOUT_DATA = Struct("<xBB16s16s").unpack_from
 
 
+def _released(buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    raise RemoteProtocolError(K.UNEXPECTED_PACKET, "input after the connection was released")
+
+
+_PacketHandler = Callable[[bytes, int, int, int, list[Any]], int]
+_RELEASED: tuple[_PacketHandler, ...] = (_released,) * 16
+
+
+class _NoCredit(Exception):
+    """Inside ``_reserve``: not enough credit to grow a data buffer ahead of its bytes."""
+
+
 class _Incomplete(Exception):
     """Raised inside the header parser when more header bytes are needed; ``args[0]`` is the
     header length to wait for before parsing again (so a header trickling in through many small
@@ -98,6 +117,7 @@ class _Incoming:
         "has_stream",
         "header",
         "header_need",
+        "held",
         "id",
         "is_response",
         "parent_id",
@@ -119,7 +139,8 @@ class _Incoming:
         self.files_open = 0
         self.data_size = 0
         self.data_left = 0
-        self.data: bytearray | None = None
+        self.data: bytearray | None = None  # data being assembled (grows as it arrives)
+        self.held = 0  # bytes counted for it against the budget
 
 
 class Receiver:
@@ -134,6 +155,7 @@ class Receiver:
         max_files: int,
         max_header_size: int,
         max_buffered_bytes: int,
+        pool: MemoryPool | None = None,
     ) -> None:
         self._in_channels = channels
         self._max_action_size = max_action_size
@@ -141,19 +163,27 @@ class Receiver:
         self._max_files = max_files
         self._max_header_size = max_header_size
         self._max_buffered_bytes = max_buffered_bytes
+        # Declarations allowed beyond twice what the peer sent: UNEARNED, or more when
+        # max_files was raised (room for two messages with that many files).
+        self._unearned = max(UNEARNED, 2 * max_files * FILE_COST)
         self._error: RemoteProtocolError | None = None
         self._peer_channels = 0  # 0 until the peer's connection header is read
         self._pending = bytearray()  # unconsumed bytes of a partial packet
         self._need = 0  # how many bytes _pending must hold before parsing can go on
         self._channel = 0  # current read channel
         self._incoming: list[_Incoming | None] = [None] * channels
-        self._buffered = 0  # bytes of data being assembled, over all channels
+        self._open = 0  # how many of them are not None
+        self._pool = pool
+        self._held = 0  # bytes counted against the budget, over all channels
+        self._received = 0  # bytes the peer sent so far
+        self._partial_headers = 0  # headers waiting for Continue packets
+        self._settled = 0  # counts the moments no packet or header was left partial
         # A packet whose payload is split over several receive_data() calls:
         self._payload_left = 0
         self._payload_kind = _DATA
         self._payload_index = 0
         self._payload_target: _Incoming | None = None
-        self._handlers = (
+        self._handlers: tuple[_PacketHandler, ...] = (
             self._on_switch_low,
             self._on_switch_high,
             self._on_message,
@@ -182,7 +212,47 @@ class Receiver:
     @property
     def receiving(self) -> int:
         """How many incoming exchanges are unfinished (header, data, files or stream pending)."""
-        return sum(1 for incoming in self._incoming if incoming is not None)
+        return self._open
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held for the peer now (counted against ``max_buffered_bytes``), including a
+        partial packet."""
+        return self._held + len(self._pending)
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes the peer sent so far."""
+        return self._received
+
+    @property
+    def mid_header(self) -> bool:
+        """Whether a packet or message header is partly here, waiting for the rest."""
+        return bool(self._pending) or self._partial_headers > 0
+
+    @property
+    def header_progress(self) -> int:
+        """Grows every time a partial packet or the last partial header completes: while
+        :attr:`mid_header` stays true and this does not change, the peer is not finishing a
+        header (a completion deadline, not one per byte, catches a slow-loris)."""
+        return self._settled
+
+    def release(self) -> None:
+        """Forgets every unfinished exchange and gives what they held back to the pool (the
+        connection is gone: no more input is parsed). Idempotent."""
+        # The packet table holds bound methods, a reference cycle: without it the connection
+        # is freed by reference counting alone.
+        self._handlers = _RELEASED
+        self._incoming = [None] * self._in_channels
+        self._open = 0
+        self._partial_headers = 0
+        self._payload_left = 0
+        self._payload_target = None
+        self._pending.clear()
+        if self._held:
+            if self._pool is not None:
+                self._pool.give(self._held)
+            self._held = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Feed bytes from the peer; returns the events they complete, in order.
@@ -192,6 +262,7 @@ class Receiver:
         """
         if self._error is not None:
             raise self._error
+        self._received += len(data)
         pending = self._pending
         if pending:
             pending += data
@@ -199,6 +270,8 @@ class Receiver:
                 return []
             buf = bytes(pending)
             pending.clear()
+            if not self._partial_headers:
+                self._settled += 1
         elif type(data) is bytes:
             buf = data
         else:
@@ -220,33 +293,32 @@ class Receiver:
         if not self._payload_left or self._payload_kind != _DATA or self._error is not None:
             return None
         incoming = self._payload_target
-        assert incoming is not None and incoming.data is not None
+        assert incoming is not None
         offset = incoming.data_size - incoming.data_left
-        return memoryview(incoming.data)[offset : offset + self._payload_left]
+        data = incoming.data
+        if data is None or len(data) <= offset:
+            data = self._reserve(incoming, 0)
+            if data is None:  # no credit: the parser takes the bytes once they are here
+                return None
+        return memoryview(data)[offset : offset + min(self._payload_left, len(data) - offset)]
 
     def payload_received(self, size: int) -> list[Any]:
         """``size`` bytes were written into the view :meth:`payload_buffer` returned."""
         incoming = self._payload_target
         if self._payload_kind != _DATA or incoming is None or not 0 < size <= self._payload_left:
             raise ValueError("payload_received() does not match payload_buffer()")
+        self._received += size
         self._payload_left -= size
         incoming.data_left -= size
         events: list[Any] = []
         if not incoming.data_left:
-            data = incoming.data
-            assert data is not None
-            self._buffered -= incoming.data_size
-            incoming.data = None
-            self._announce(incoming, events, data)
+            self._data_complete(incoming, events)
         return events
 
     def receive_eof(self) -> list[Any]:
         """The peer closed its side; reports whether that happened at a clean boundary."""
         clean = (
-            self._error is None
-            and not self._pending
-            and not self._payload_left
-            and not any(self._incoming)
+            self._error is None and not self._pending and not self._payload_left and not self._open
         )
         return [ConnectionClosed(clean)]
 
@@ -254,8 +326,7 @@ class Receiver:
 
     def _fail(self, error: RemoteProtocolError) -> None:
         self._error = error
-        self._incoming = [None] * self._in_channels
-        self._payload_left = 0
+        self.release()
 
     def _parse(self, buf: bytes, events: list[Any]) -> None:
         pos = 0
@@ -323,16 +394,96 @@ class Receiver:
             return -(1 + width), 0
         return int.from_bytes(buf[pos + 1 : end], "little"), end
 
-    def _hold(self, size: int) -> None:
-        """Counts ``size`` more bytes of unfinished headers against ``max_buffered_bytes``: a
-        peer could otherwise keep a partial header on every channel."""
-        self._buffered += size
-        if self._buffered > self._max_buffered_bytes:
+    # -- the budget ---------------------------------------------------------------------------
+
+    def _take(self, incoming: _Incoming, size: int, ahead: bool = False) -> None:
+        """Counts ``size`` more bytes held for ``incoming``; raises (counting nothing) past the
+        connection's budget, past the pool's, or past twice what the peer sent plus UNEARNED
+        (the bookkeeping of open exchanges aside: the channel count bounds it). Room ``ahead``
+        of the bytes that arrived (a data buffer grown before its bytes come) is limited to
+        once what the peer sent plus AHEAD, so that the bytes that then fill other buffers
+        stay within twice."""
+        held = self._held + size
+        if held > self._max_buffered_bytes:
             raise self._violation(
                 K.LIMIT_EXCEEDED,
-                f"data and headers being received are over "
-                f"max_buffered_bytes={self._max_buffered_bytes}",
+                f"the peer would make us hold {held} bytes (headers, data, files being "
+                f"received), over max_buffered_bytes={self._max_buffered_bytes}",
             )
+        allowed = self._received + AHEAD if ahead else 2 * self._received + self._unearned
+        if held - self._open * EXCHANGE_COST > allowed:
+            raise self._violation(
+                K.LIMIT_EXCEEDED,
+                f"the peer would make us hold {held} bytes for the {self._received} it sent "
+                f"(over twice that plus {self._unearned}): declarations without content",
+            )
+        pool = self._pool
+        if pool is not None and not pool.take(size):
+            raise self._violation(
+                K.LIMIT_EXCEEDED, f"the shared memory budget ({pool.limit} bytes) is used up"
+            )
+        incoming.held += size
+        self._held = held
+
+    def _give(self, incoming: _Incoming, size: int) -> None:
+        incoming.held -= size
+        self._held -= size
+        if self._pool is not None:
+            self._pool.give(size)
+
+    def _finish(self, channel: int, incoming: _Incoming) -> None:
+        """The exchange on ``channel`` is over: its slot and what it held are released."""
+        self._incoming[channel] = None
+        self._open -= 1
+        if incoming.held:
+            self._give(incoming, incoming.held)
+
+    def _reserve(self, incoming: _Incoming, want: int) -> bytearray | None:
+        """Room in the data buffer for ``want`` more bytes (the bytes in hand). The buffer
+        grows at once to what the credit allows (what the peer sent plus AHEAD, less what we
+        hold), never past the declared size; without that much credit it doubles what it will
+        hold (within twice what was sent: every byte in it arrived), or takes just the bytes in
+        hand; past the budget that raises. With ``want`` 0 (room for bytes still to come) it
+        grows only within the credit, never raises, and returns None if there is none."""
+        data = incoming.data
+        have = len(data) if data is not None else 0
+        offset = incoming.data_size - incoming.data_left
+        size = incoming.data_size
+        need = offset + want
+        credit = self._received + AHEAD - (self._held - self._open * EXCHANGE_COST)
+        ahead = min(size, have + credit)
+        try:
+            if ahead >= min(size, 2 * need) and ahead > offset:
+                self._take(incoming, ahead - have, ahead=True)
+                size = ahead
+            elif not want:
+                return None
+            else:
+                raise _NoCredit
+        except (RemoteProtocolError, _NoCredit):
+            if not want:
+                return None
+            size = min(size, 2 * need)  # doubling: copies stay linear in the data's size
+            try:
+                self._take(incoming, size - have)
+            except RemoteProtocolError:
+                size = need
+                self._take(incoming, size - have)
+        grown = data_buffer(size)
+        if offset:
+            assert data is not None
+            grown[:offset] = memoryview(data)[:offset]
+        incoming.data = grown
+        return grown
+
+    def _data_complete(self, incoming: _Incoming, events: list[Any]) -> None:
+        """All declared data arrived: the buffer goes to the application (the connection no
+        longer holds it for the peer)."""
+        data = incoming.data
+        assert data is not None and len(data) == incoming.data_size
+        incoming.data = None
+        self._give(incoming, len(data))
+        self._announce(incoming, events, data)
 
     def _violation(self, kind: ProtocolErrorKind, message: str) -> RemoteProtocolError:
         """The error for a violation on the current channel."""
@@ -477,10 +628,13 @@ class Receiver:
             )
         incoming = _Incoming(is_response, bool(b & 1), bool(b & 2))
         self._incoming[channel] = incoming
+        self._open += 1
+        self._take(incoming, EXCHANGE_COST)
         header = buf[start:end]
         if not self._read_header(incoming, header):
             incoming.header = bytearray(header)
-            self._hold(len(header))
+            self._take(incoming, len(header))
+            self._partial_headers += 1
         elif incoming.data_left == 0:
             self._announce(incoming, events, b"")
         elif end < n and buf[end] & 0xF3 == 0xE0:
@@ -513,11 +667,14 @@ class Receiver:
         end = start + size
         if end > n:
             return pos - end
+        self._take(incoming, size)
         header += buf[start:end]
-        self._hold(size)
         if len(header) >= incoming.header_need and self._read_header(incoming, bytes(header)):
             incoming.header = None
-            self._buffered -= len(header)
+            self._give(incoming, len(header))
+            self._partial_headers -= 1
+            if not self._partial_headers:
+                self._settled += 1
             if incoming.data_left == 0:
                 self._announce(incoming, events, b"")
         return end
@@ -540,14 +697,6 @@ class Receiver:
             incoming.data_left = 0
             self._announce(incoming, events, buf[start:end])
             return end
-        if incoming.data is None:
-            if self._buffered + incoming.data_size > self._max_buffered_bytes:
-                raise self._violation(
-                    K.LIMIT_EXCEEDED,
-                    f"data being received is over max_buffered_bytes={self._max_buffered_bytes}",
-                )
-            self._buffered += incoming.data_size
-            incoming.data = data_buffer(incoming.data_size)
         self._payload_kind = _DATA
         self._payload_target = incoming
         return self._take_payload(buf, start, n, size, events)
@@ -572,7 +721,7 @@ class Receiver:
         incoming.stream_open = False
         events.append(StreamEnded(self._channel, incoming.id))
         if not incoming.files_open:
-            self._incoming[self._channel] = None
+            self._finish(self._channel, incoming)
         return pos + 1
 
     def _on_file(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
@@ -616,18 +765,18 @@ class Receiver:
         incoming.files_open -= 1
         events.append(FileEnded(self._channel, incoming.id, index))
         if not incoming.files_open and not incoming.stream_open:
-            self._incoming[self._channel] = None
+            self._finish(self._channel, incoming)
         return end
 
     def _on_abort(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
         if b != 0x90:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Abort byte {b:#04x}")
         incoming = self._current("Abort")
-        if incoming.data is not None:
-            self._buffered -= incoming.data_size
         if incoming.header is not None:
-            self._buffered -= len(incoming.header)
-        self._incoming[self._channel] = None
+            self._partial_headers -= 1
+            if not self._partial_headers:
+                self._settled += 1
+        self._finish(self._channel, incoming)
         if incoming.header is None:  # its id is known
             events.append(Aborted(self._channel, incoming.id))
         return pos + 1
@@ -703,15 +852,16 @@ class Receiver:
         end = pos + take
         kind = self._payload_kind
         if kind == _DATA:
-            data = incoming.data
-            assert data is not None
-            offset = incoming.data_size - incoming.data_left
-            data[offset : offset + take] = memoryview(buf)[pos:end]
-            incoming.data_left -= take
-            if not incoming.data_left:
-                self._buffered -= incoming.data_size
-                incoming.data = None
-                self._announce(incoming, events, data)
+            if take:
+                offset = incoming.data_size - incoming.data_left
+                data = incoming.data
+                if data is None or len(data) < offset + take:
+                    data = self._reserve(incoming, take)
+                    assert data is not None
+                data[offset : offset + take] = memoryview(buf)[pos:end]
+                incoming.data_left -= take
+                if not incoming.data_left:
+                    self._data_complete(incoming, events)
         elif take:
             chunk = buf if take == n else buf[pos:end]
             channel = self._channel
@@ -748,7 +898,7 @@ class Receiver:
                 )
             )
         if not incoming.files_open and not incoming.stream_open:
-            self._incoming[channel] = None
+            self._finish(channel, incoming)
 
     def _read_header(self, incoming: _Incoming, h: bytes) -> bool:
         """Parses a Message/Response header into ``incoming``; False if more bytes are needed."""
@@ -764,6 +914,9 @@ class Receiver:
                 K.BAD_HEADER,
                 f"{len(h) - end} bytes after the end of the header",
             )
+        files = incoming.files
+        if files:
+            self._take(incoming, len(files) * FILE_COST + sum(len(file.name) for file in files))
         return True
 
     def _parse_header(self, incoming: _Incoming, h: bytes) -> int:

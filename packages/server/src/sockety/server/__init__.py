@@ -29,8 +29,8 @@ from sockety.core.aio import (
     run,
 )
 
-from ._guarded import OperatedServer
 from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
+from ._observer import ServerObserver
 from ._server import ClusterLink, Server, serve, server_of
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "FileTransfer",
     "GoingAwayError",
     "Message",
-    "OperatedServer",
     "ReceivedFile",
     "RemoteProtocolError",
     "Request",
@@ -56,6 +55,7 @@ __all__ = [
     "SocketyError",
     "Server",
     "ServerMetrics",
+    "ServerObserver",
     "StreamReader",
     "StreamWriter",
     "Transfer",

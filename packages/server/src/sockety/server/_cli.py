@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sockety.core.aio import Handler
+from sockety.core.cli import add_version, existing_file, port, positive_float, positive_int
 
 __all__ = ["main"]
 
@@ -28,6 +29,8 @@ LIMITS = (
     "max_buffered_bytes",
     "max_receive_buffer",
     "max_queued_messages",
+    "max_handlers",
+    "max_send_backlog",
     "write_buffer_limit",
 )
 
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: sockety-server myapp.service:router --port 9000 --workers 4 "
         "--metrics-port 9100",
     )
+    add_version(parser, "sockety-server")
     parser.add_argument(
         "app", metavar="MODULE:ATTR", help="where the router or handler is, e.g. myapp:router"
     )
@@ -58,46 +62,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where = parser.add_argument_group("listening")
     where.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    where.add_argument("--port", type=int, default=9000, help="port (default: 9000; 0: any)")
-    where.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
-    where.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    where.add_argument("--port", type=port, default=9000, help="port (default: 9000; 0: any)")
     where.add_argument(
-        "--tls-ca", metavar="PEM", help="require client certificates signed by these CAs"
+        "--tls-cert",
+        type=existing_file,
+        metavar="PEM",
+        help="serve TLS with this certificate chain",
+    )
+    where.add_argument(
+        "--tls-key", type=existing_file, metavar="PEM", help="the certificate's private key"
+    )
+    where.add_argument(
+        "--tls-ca",
+        type=existing_file,
+        metavar="PEM",
+        help="require client certificates signed by these CAs",
     )
     where.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes sharing the port with SO_REUSEPORT (default: 1, no supervisor)",
     )
     conns = parser.add_argument_group("connections")
     conns.add_argument(
         "--timeout",
-        type=float,
-        default=30.0,
+        type=positive_float,
+        default=10.0,
         metavar="SECONDS",
-        help="close a peer that sent nothing (not even its header or a heartbeat), or read "
-        "none of our answers, for this long (default: 30)",
+        help="deadline for the TLS handshake and the peer's connection header (from the "
+        "accept), for each header it starts, and for writes it leaves blocked by reading "
+        "nothing (default: 10)",
+    )
+    conns.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="close a peer that sent nothing, not even a heartbeat, for this long (default: "
+        "120, well over the 45 s heartbeat of the Node.js reference)",
     )
     conns.add_argument(
         "--heartbeat",
-        type=float,
+        type=positive_float,
         default=10.0,
         metavar="SECONDS",
         help="send a heartbeat after writing nothing for this long (default: 10)",
     )
     conns.add_argument(
         "--grace",
-        type=float,
+        type=positive_float,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long in-flight work may finish (default: 30)",
     )
     conns.add_argument(
         "--max-connections",
-        type=int,
+        type=positive_int,
+        default=1024,
         metavar="N",
-        help="refuse connections beyond this many (per worker)",
+        help="refuse connections beyond this many, before any TLS handshake (per worker; "
+        "default: 1024)",
+    )
+    conns.add_argument(
+        "--max-memory",
+        type=positive_int,
+        metavar="BYTES",
+        help="what all connections together may hold for their peers (per worker; default: "
+        "no shared limit, each connection has its own max_buffered_bytes)",
     )
     conns.add_argument(
         "--limit",
@@ -109,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops = parser.add_argument_group("operations")
     ops.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         metavar="PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any port)",
     )

@@ -1,42 +1,51 @@
-"""Prometheus metrics for a Sockety server, on a registry the server owns.
+"""Prometheus metrics for a Sockety server, on a registry the server owns: a
+:class:`ServerObserver`, so the server reports to it through that public interface.
 
-Nothing here runs per message unless the handler is wrapped with :meth:`ServerMetrics.wrap`;
-then each message costs a dict lookup, a counter increment and a ``perf_counter`` pair. The
-traffic counters every connection keeps anyway (bytes, responses, fast replies) are folded into
-the Prometheus counters when a connection closes and at scrape time (or every ``sync_interval``
-seconds in multiprocess mode, where a scrape happens in another process), never per message.
+Per message: a dict lookup and a counter increment when it arrives, a ``perf_counter`` pair, a
+histogram observation and a counter increment when its handler finishes. The traffic counters
+every connection keeps anyway (bytes, responses, fast replies) are folded into the Prometheus
+counters when a connection closes and at scrape time (or every ``sync_interval`` seconds in
+multiprocess mode, where a scrape happens in another process), never per message.
 
 Actions are labelled only when the router knows them; anything else is ``_unknown``, so a client
-cannot grow the label set. Other labels take values from small closed sets.
+cannot grow the label set. Other labels take values from small closed sets. The registry also
+holds prometheus-client's process, platform and GC collectors (``process_*``, ``python_*``).
 
 With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` before prometheus-client is
-imported: the values go to files there and :func:`multiprocess_registry` serves all of them.
+imported: the values go to files there and :func:`multiprocess_registry` serves all of them
+(prometheus-client cannot merge per-process collectors there: no ``process_*`` metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import platform
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
-from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from sockety.core import FastReply, ProtocolErrorKind, RemoteProtocolError
-from sockety.core.aio import Connection, Handler, Message
+from sockety.core import ConnectionClosedError, FastReply, ProtocolErrorKind, RemoteProtocolError
+from sockety.core.aio import Connection, Handler, Message, Router
 
-from ._guarded import OperatedServer
+from ._observer import ServerObserver
 
 __all__ = ["ServerMetrics", "multiprocess_registry", "serve_metrics"]
 
@@ -65,7 +74,8 @@ BUCKETS = (
     5.0,
     10.0,
 )
-#: Why connections close: ConnectionClosedError.kind (anything new maps to "other").
+#: Why connections close: ConnectionClosedError.kind (anything new maps to "other"). "closed"
+#: is a clean close this side began (shutdown, close()), "closed_by_peer" one the peer began.
 CLOSE_REASONS = (
     "closed",
     "closed_by_peer",
@@ -77,9 +87,15 @@ CLOSE_REASONS = (
     "open_timeout",
     "refused",
     "write_timeout",
+    "header_timeout",
+    "other",
 )
 #: Fast-reply outcomes: the six conventional codes by name, application codes as "other".
 OUTCOMES: dict[int, str] = {code.value: code.name.lower() for code in FastReply}
+#: How a handler's message was answered, besides a fast-reply code it returned (OUTCOMES):
+#: "answered" (the handler sent a response or fast reply itself), "none" (nothing sent: no
+#: response expected, or the handler returned None).
+HANDLED_OUTCOMES = (*OUTCOMES.values(), "other", "answered", "none")
 
 
 def _version() -> str:
@@ -104,18 +120,14 @@ class _SyncFirst:
         return ()
 
 
-class ServerMetrics:
-    """The metrics of one server (or one worker process).
+class ServerMetrics(ServerObserver):
+    """The metrics of one server (or one worker process): pass it as the server's observer.
 
     ::
 
         metrics = ServerMetrics()
-        server = metrics.server(router, max_connections=1000)    # a Server wired to metrics
-        await server.start("127.0.0.1", 9000)
+        server = await serve(router, "127.0.0.1", 9000, observer=metrics)
         metrics_http = await serve_metrics(metrics.registry, "127.0.0.1", 9100)
-
-    Or wire a server made by ``serve()`` by hand: ``serve(metrics.wrap(router),
-    on_connect=metrics.on_connect, on_disconnect=metrics.on_disconnect)``.
     """
 
     def __init__(
@@ -124,12 +136,17 @@ class ServerMetrics:
         *,
         buckets: tuple[float, ...] = BUCKETS,
         loop_name: str | None = None,
+        process_collectors: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()
         self._live: dict[Connection, list[Any]] = {}  # -> [rx, tx, responses, {code: count}]
-        self.registry.register(_SyncFirst(self.sync))
         r = self.registry
+        r.register(_SyncFirst(self.sync))
+        if process_collectors:  # as prometheus-client's default registry has them
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         ns = NAMESPACE
         self.open_connections = Gauge(
             "open_connections",
@@ -146,15 +163,21 @@ class ServerMetrics:
         )
         self.connections_closed = Counter(
             "connections_closed",
-            "Connections closed, by reason (ConnectionClosedError.kind).",
+            "Connections closed, by reason (ConnectionClosedError.kind; closed: by this side, "
+            "closed_by_peer: by the peer).",
             ["reason"],
             namespace=ns,
             registry=r,
         )
-        self.channels_in_use = Gauge(
-            "channels_in_use",
-            "Channels carrying an unfinished message or response, by direction.",
-            ["direction"],
+        self.tls_handshake_failures = Counter(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out (no connection was made).",
+            namespace=ns,
+            registry=r,
+        )
+        self.handlers_in_progress = Gauge(
+            "handlers_in_progress",
+            "Handlers running now (async ones until their task ends).",
             namespace=ns,
             registry=r,
             multiprocess_mode="livesum",
@@ -163,6 +186,15 @@ class ServerMetrics:
             "messages_received",
             "Messages received, by action (actions the router does not know: _unknown).",
             ["action"],
+            namespace=ns,
+            registry=r,
+        )
+        self.messages_handled = Counter(
+            "messages_handled",
+            "Messages whose handler finished, by action and outcome: the fast-reply code it "
+            "returned by name (other: an application code), answered (it answered itself), "
+            "none (nothing sent).",
+            ["action", "outcome"],
             namespace=ns,
             registry=r,
         )
@@ -217,44 +249,51 @@ class ServerMetrics:
             code: self.fast_replies_sent.labels(name) for code, name in OUTCOMES.items()
         }
         self._other_outcome = self.fast_replies_sent.labels("other")
-        self._receive_channels = self.channels_in_use.labels("receive")
-        self._send_channels = self.channels_in_use.labels("send")
+        self._unknown = _Action(self, UNKNOWN_ACTION)
+        self._actions: dict[str, _Action] = {}  # known actions only: the label set is closed
+        self._known: Callable[[], frozenset[str]] | None = None
 
     # -- per message ----------------------------------------------------------------------------
 
-    def wrap(self, handler: Handler, actions: Iterable[str] | None = None) -> Handler:
-        """The handler, counting messages and timing their handling by action. ``actions`` are
-        the labels allowed (default: the router's ``actions``, looked up again when a new action
-        appears, so routes added later are labelled too); everything else is ``_unknown``."""
-        fixed = frozenset(actions) if actions is not None else None
-        counter = self.messages_received
-        histogram = self.handling_seconds
-        children: dict[str, tuple[Callable[[], None], Callable[[float], None]]] = {}
-        unknown = (counter.labels(UNKNOWN_ACTION).inc, histogram.labels(UNKNOWN_ACTION).observe)
+    def label_actions(self, actions: Iterable[str] | Callable[[], frozenset[str]]) -> None:
+        """The actions labelled by name: fixed, or looked up again when a new one appears
+        (``lambda: router.actions``); everything else is ``_unknown``. By default, the actions
+        of the server's router (see :meth:`on_serve`), routes added later included."""
+        if callable(actions):
+            self._known = actions
+        else:
+            fixed = frozenset(actions)
+            self._known = lambda: fixed
 
-        def lookup(action: str) -> tuple[Callable[[], None], Callable[[float], None]]:
-            known = fixed if fixed is not None else getattr(handler, "actions", frozenset())
-            if action not in known:
-                return unknown
-            pair = (counter.labels(action).inc, histogram.labels(action).observe)
-            children[action] = pair
-            return pair
+    def on_serve(self, handler: Handler | None) -> None:
+        if self._known is None and isinstance(handler, Router):
+            self._known = lambda: handler.actions
 
-        def metered(message: Message) -> Any:
-            pair = children.get(message.action) or lookup(message.action)
-            pair[0]()
-            start = perf_counter()
-            try:
-                result = handler(message)
-            except BaseException:
-                pair[1](perf_counter() - start)
-                raise
-            if result is None or type(result) is int or not inspect.isawaitable(result):
-                pair[1](perf_counter() - start)
-                return result
-            return _timed(result, pair[1], start)
+    def _action(self, name: str) -> _Action:
+        action = self._actions.get(name)
+        if action is None:
+            if self._known is None or name not in self._known():
+                return self._unknown
+            action = self._actions[name] = _Action(self, name)
+        return action
 
-        return metered
+    def on_message(self, message: Message) -> None:
+        self._action(message.action).received()
+        self.handlers_in_progress.inc()
+
+    def on_handled(self, message: Message, result: int | None, seconds: float) -> None:
+        self.handlers_in_progress.dec()
+        action = self._action(message.action)
+        action.observe(seconds)
+        # The connection sends a returned code if the message expects a response and the
+        # handler did not answer it itself; this runs just before that.
+        if message.answered:
+            outcome = "answered"
+        elif isinstance(result, int) and message.expects_response:
+            outcome = OUTCOMES.get(result, "other")
+        else:
+            outcome = "none"
+        action.handled(outcome)
 
     # -- per connection -------------------------------------------------------------------------
 
@@ -264,22 +303,28 @@ class ServerMetrics:
         with self._lock:
             self._live[connection] = [0, 0, 0, {}]
 
-    def on_disconnect(self, connection: Connection) -> None:
+    def on_close(self, connection: Connection, reason: ConnectionClosedError) -> None:
         self.open_connections.dec()
         with self._lock:
             last = self._live.pop(connection, None)
             if last is not None:
                 self._fold(connection, last)
-        reason = connection.close_reason
-        kind = reason.kind if reason is not None else "closed"
-        self.connections_closed.labels(kind if kind in CLOSE_REASONS else "other").inc()
-        if reason is not None and isinstance(reason.cause, RemoteProtocolError):
+        kind = reason.kind if reason.kind in CLOSE_REASONS else "other"
+        self.connections_closed.labels(kind).inc()
+        if isinstance(reason.cause, RemoteProtocolError):
             self.protocol_errors.labels(reason.cause.kind.value).inc()
 
-    def on_refused(self) -> None:
+    def on_refused(self, peer: Any = None) -> None:
         """A connection accepted then refused at once (server full or closing)."""
         self.connections_opened.inc()
         self.connections_closed.labels("refused").inc()
+
+    def on_handshake_failed(self, peer: Any, error: BaseException | None) -> None:
+        """An accepted connection whose TLS handshake failed or timed out (never opened for
+        Sockety, so it is counted as opened and closed with reason ``tls_error``)."""
+        self.tls_handshake_failures.inc()
+        self.connections_opened.inc()
+        self.connections_closed.labels("tls_error").inc()
 
     def _fold(self, connection: Connection, last: list[Any]) -> None:
         """Adds what a connection's counters gained since ``last`` (updated in place)."""
@@ -305,15 +350,11 @@ class ServerMetrics:
                 seen[code] = count
 
     def sync(self) -> None:
-        """Folds the open connections' counters in and updates the channel gauges. Runs before
-        every scrape of :attr:`registry` (and periodically in multiprocess mode)."""
-        receiving = sending = 0
+        """Folds the open connections' counters in. Runs before every scrape of
+        :attr:`registry` (and periodically in multiprocess mode)."""
         with self._lock:
             for connection, last in list(self._live.items()):
                 self._fold(connection, last)
-                receiving, sending = _add_channels(connection, receiving, sending)
-        self._receive_channels.set(receiving)
-        self._send_channels.set(sending)
 
     async def sync_every(self, interval: float) -> None:
         """Calls :meth:`sync` every ``interval`` seconds (multiprocess mode: the supervisor
@@ -325,45 +366,26 @@ class ServerMetrics:
         finally:
             self.sync()
 
-    def server(self, handler: Handler | None, **kwargs: Any) -> OperatedServer:
-        """A server (not started) whose handler and connections are metered: an
-        ``OperatedServer`` (see ``_guarded``). Takes the arguments of ``Server`` and
-        ``write_timeout``; ``on_connect``/``on_disconnect`` given here run too."""
-        user_connect = kwargs.pop("on_connect", None)
-        user_disconnect = kwargs.pop("on_disconnect", None)
 
-        def connected(connection: Connection) -> None:
-            self.on_connect(connection)
-            if user_connect is not None:
-                user_connect(connection)
+class _Action:
+    """The metric children of one action label, made once."""
 
-        def disconnected(connection: Connection) -> None:
-            self.on_disconnect(connection)
-            if user_disconnect is not None:
-                user_disconnect(connection)
+    __slots__ = ("_handled", "_metrics", "label", "observe", "received")
 
-        return OperatedServer(
-            self.wrap(handler) if handler is not None else None,
-            metrics=self,
-            on_connect=connected,
-            on_disconnect=disconnected,
-            **kwargs,
-        )
+    def __init__(self, metrics: ServerMetrics, label: str) -> None:
+        self.label = label
+        self.received = metrics.messages_received.labels(label).inc
+        self.observe = metrics.handling_seconds.labels(label).observe
+        self._metrics = metrics
+        self._handled: dict[str, Callable[[], None]] = {}
 
-
-def _add_channels(connection: Connection, receiving: int, sending: int) -> tuple[int, int]:
-    # The core counts unfinished exchanges; its ``receiving`` property walks all 4096 slots in
-    # Python, so count the free slots in C instead (list.count).
-    core = connection._core
-    slots: list[Any] = core._incoming
-    return receiving + len(slots) - slots.count(None), sending + core.sending
-
-
-async def _timed(result: Awaitable[Any], observe: Callable[[float], None], start: float) -> Any:
-    try:
-        return await result
-    finally:
-        observe(perf_counter() - start)
+    def handled(self, outcome: str) -> None:
+        inc = self._handled.get(outcome)
+        if inc is None:
+            inc = self._handled[outcome] = self._metrics.messages_handled.labels(
+                self.label, outcome
+            ).inc
+        inc()
 
 
 def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
@@ -380,16 +402,22 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
 
 
 async def serve_metrics(
-    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0
+    registry: CollectorRegistry,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    healthy: Callable[[], bool] | None = None,
 ) -> asyncio.Server:
-    """Serves ``registry`` over HTTP (``GET /metrics``) on this event loop: no thread, so the
-    counters are read where they are written. Returns the asyncio server (``close()`` it)."""
+    """Serves ``registry`` over HTTP on this event loop (no thread, so the counters are read
+    where they are written): ``GET /metrics``, and ``GET /healthz`` answering 200 ``ok`` while
+    ``healthy()`` is true (default: always), else 503. Other paths: 404. Returns the asyncio
+    server (``close()`` it)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
-            await _answer(registry, head, writer)
+            await _answer(registry, healthy, head, writer)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
         except Exception:  # a scrape must never take the server down
@@ -402,7 +430,12 @@ async def serve_metrics(
     return await asyncio.start_server(handle, host, port, limit=16 * 1024)
 
 
-async def _answer(registry: CollectorRegistry, head: bytes, writer: asyncio.StreamWriter) -> None:
+async def _answer(
+    registry: CollectorRegistry,
+    healthy: Callable[[], bool] | None,
+    head: bytes,
+    writer: asyncio.StreamWriter,
+) -> None:
     lines = head.decode("latin-1").split("\r\n")
     method, target, *_ = [*lines[0].split(" "), "", ""]
     headers = {}
@@ -412,7 +445,11 @@ async def _answer(registry: CollectorRegistry, head: bytes, writer: asyncio.Stre
     path = urlsplit(target).path
     if method not in ("GET", "HEAD"):
         status, content_type, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-    elif path not in ("/metrics", "/"):
+    elif path == "/healthz":
+        ok = healthy is None or healthy()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        content_type, body = "text/plain", b"ok\n" if ok else b"unavailable\n"
+    elif path != "/metrics":
         status, content_type, body = "404 Not Found", "text/plain", b"see /metrics\n"
     else:
         encoder, content_type = choose_encoder(headers.get("accept", ""))

@@ -16,7 +16,6 @@ from typing import Any
 from sockety.core import SocketyError
 from sockety.core.aio import Connection, Handler, loop_factory
 
-from ._guarded import OperatedServer
 from ._server import Server
 
 __all__ = ["log_closed", "run_worker", "tls_context"]
@@ -62,7 +61,8 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
     try:
         context = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     except (OSError, ssl.SSLError) as error:
-        logger.error("could not load the TLS certificate or key: %s", error)
+        files = ", ".join(f for f in (args.tls_cert, args.tls_key, args.tls_ca) if f)
+        logger.error("could not load the TLS files (%s): %s", files, error)
         return 2
     cut_off = 0  # connections closed with work unfinished when the grace period ended
 
@@ -76,9 +76,14 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
     options: dict[str, Any] = {
         "ssl": context,
         "max_connections": args.max_connections,
+        "max_memory": args.max_memory,
         "on_disconnect": disconnected,
-        "idle_timeout": args.timeout,
+        "idle_timeout": args.idle_timeout,
+        # One deadline for every wait on the peer: the TLS handshake and connection header
+        # (from the accept), each header, and writes it leaves blocked.
         "open_timeout": args.timeout,
+        "header_timeout": args.timeout,
+        "write_timeout": args.timeout,
         "heartbeat_interval": args.heartbeat,
         "close_timeout": args.grace,
         **limits,
@@ -88,14 +93,12 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
         from ._metrics import ServerMetrics  # noqa: PLC0415 - prometheus only when asked
 
         metrics = ServerMetrics(loop_name=loop_name)
+        options["observer"] = metrics
     if args.cluster:
         from ._cli import make_cluster  # noqa: PLC0415 - sockety-cluster only when asked
 
         options["cluster"] = make_cluster(args.cluster, metrics.registry if metrics else None)
-    if metrics is not None:
-        server: Server = metrics.server(handler, write_timeout=args.timeout, **options)
-    else:
-        server = OperatedServer(handler, write_timeout=args.timeout, **options)
+    server = Server(handler, **options)
     try:
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
@@ -115,7 +118,9 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
 
             host = args.metrics_host or args.host
             try:
-                metrics_http = await serve_metrics(metrics.registry, host, args.metrics_port)
+                metrics_http = await serve_metrics(
+                    metrics.registry, host, args.metrics_port, healthy=lambda: server.is_serving
+                )
             except OSError as error:
                 logger.error("could not serve metrics on %s:%s: %s", host, args.metrics_port, error)
                 await server.close(0)

@@ -1,10 +1,19 @@
 """The Sockety server: listens on TCP or TLS, keeps a registry of its connections, broadcasts,
 and shuts down gracefully (Go Away to every peer, in-flight exchanges finish within a grace
-period, then the sockets close)."""
+period, then the sockets close).
+
+Admission comes first: a connection over ``max_connections`` is refused as soon as it is
+accepted, before any TLS handshake. The server runs the handshake itself (``loop.start_tls``)
+within the connection's ``open_timeout``, counted from the accept, and reports a failure
+(``on_handshake_failed``, logged). Every other limit and deadline is the connection's (see
+``sockety.core.aio.Connection``); ``max_memory`` bounds what all connections hold for their peers
+together.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
 import socket
 import ssl as ssl_module
@@ -12,8 +21,10 @@ from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Protocol, cast
 
-from sockety.core import ConnectionClosedError
-from sockety.core.aio import Connection, Handler, Outgoing
+from sockety.core import ConnectionClosedError, ConnectionLostError, MemoryPool
+from sockety.core.aio import Connection, Handler, Outgoing, check_options
+
+from ._observer import ServerObserver, observed
 
 __all__ = ["ClusterLink", "Server", "serve", "server_of"]
 
@@ -44,17 +55,42 @@ class Server:
         ssl: ssl_module.SSLContext | None = None,
         on_connect: Callable[[Connection], Any] | None = None,
         on_disconnect: Callable[[Connection], Any] | None = None,
-        # Connections beyond this are closed at once: each costs memory and a file descriptor.
-        max_connections: int | None = None,
+        # Told about a connection refused at once (server full or closing), and about one whose
+        # TLS handshake failed or timed out (its close_reason says why); neither was connected.
+        on_refused: Callable[[Connection], Any] | None = None,
+        on_handshake_failed: Callable[[Connection], Any] | None = None,
+        # Connections beyond this are refused at once, before a TLS handshake: each costs
+        # memory and a file descriptor (1,024 is the usual default limit of open files).
+        max_connections: int | None = 1024,
+        # What all connections together may hold for their peers (each one's own budget is
+        # max_buffered_bytes): past it, the connection asking for more is closed. None: no
+        # shared limit.
+        max_memory: int | None = None,
+        observer: ServerObserver | None = None,
         cluster: ClusterLink | None = None,
         **options: Any,
     ) -> None:
+        check_options(options, "serve")
+        # A peer that reads none of the answers its requests make: past this much output
+        # waiting for it, its requests wait in its own socket (see Connection).
+        options.setdefault("max_send_backlog", 4 * 1024 * 1024)
+        if observer is not None:
+            observer.on_serve(handler)
+            if handler is not None and observer.observes_messages:
+                handler = observed(handler, observer)
+        self._observer = observer
         self._handler = handler
         self._cluster = cluster
         self._ssl = ssl
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_refused = on_refused
+        self._on_handshake_failed = on_handshake_failed
         self._max_connections = max_connections
+        #: The memory all connections share (None without ``max_memory``).
+        self.memory: MemoryPool | None = None
+        if max_memory is not None:
+            self.memory = options["pool"] = MemoryPool(max_memory)
         self._options = options
         self._connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
@@ -74,16 +110,16 @@ class Server:
         backlog: int = 1024,
     ) -> None:
         loop = asyncio.get_running_loop()
+        # Plain TCP: each connection runs its TLS handshake itself, after admission.
         if sock is not None:
             self._server = await loop.create_server(
-                self._make_connection, sock=sock, ssl=self._ssl, backlog=backlog
+                self._make_connection, sock=sock, backlog=backlog
             )
         else:
             self._server = await loop.create_server(
                 self._make_connection,
                 host,
                 port,
-                ssl=self._ssl,
                 reuse_port=reuse_port or None,
                 backlog=backlog,
             )
@@ -105,19 +141,41 @@ class Server:
         if self._closing is not None or (
             self._max_connections is not None and len(self._connections) >= self._max_connections
         ):
+            if self._observer is not None:
+                self._observer.on_refused(connection.remote_address)
+            if self._on_refused is not None:
+                self._on_refused(connection)
             return False
         self._connections.add(connection)
         return True
 
-    def _opened(self, connection: Connection) -> None:
+    def _opened(self, connection: _ServerConnection) -> None:
+        connection.announced = True
+        if self._observer is not None:
+            self._observer.on_connect(connection)
         if self._cluster is not None:
             self._cluster.connected(connection)
         if self._on_connect is not None:
             self._on_connect(connection)
 
-    def _disconnected(self, connection: Connection) -> None:
+    def _handshake_failed(self, connection: _ServerConnection, error: BaseException | None) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
+            logger.info(
+                "TLS handshake with %s failed: %s",
+                _format(connection.remote_address),
+                connection.close_reason,
+            )
+            if self._observer is not None:
+                self._observer.on_handshake_failed(connection.remote_address, error)
+            if self._on_handshake_failed is not None:
+                self._on_handshake_failed(connection)
+
+    def _disconnected(self, connection: _ServerConnection, reason: ConnectionClosedError) -> None:
+        if connection.announced and connection in self._connections:
+            self._connections.discard(connection)
+            if self._observer is not None:
+                self._observer.on_close(connection, reason)
             if self._cluster is not None:
                 self._cluster.disconnected(connection)
             if self._on_disconnect is not None:
@@ -216,31 +274,96 @@ class Server:
 
 
 class _ServerConnection(Connection):
-    """A connection that registers itself with its server."""
+    """A connection that registers itself with its server (and runs its TLS handshake)."""
 
     def __init__(self, server: Server, handler: Handler | None, **options: Any) -> None:
         super().__init__(handler, **options)
         self._server = server
+        self._handshake_timeout: float | None = options.get("open_timeout", 10.0)
+        #: Whether on_connect was told (only such connections are told about their close).
+        self.announced = False
+        self._tls_started = False
+        self._closed_here = False  # close() called before any Go Away: this side closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Admission first: a refused peer gets no Sockety header, so its connect() fails
-        # instead of succeeding and then losing the connection.
-        if not self._server._connected(self):
-            logger.warning(
-                "refusing connection from %s: server full or closing",
-                transport.get_extra_info("peername"),
-            )
-            self._set_error(ConnectionClosedError("server full or closing", kind="refused"))
-            cast(asyncio.Transport, transport).abort()
+        # Admission first: a refused peer gets no Sockety header (nor a TLS handshake), so its
+        # connect() fails instead of succeeding and then losing the connection.
+        if self._tls_started:  # the handshake is over: the TLS transport
+            super().connection_made(transport)
+            self._server._opened(self)
             return
-        super().connection_made(transport)
-        self._server._opened(self)
+        tcp = cast(asyncio.Transport, transport)
+        peer = tcp.get_extra_info("peername")
+        self._remote_address = peer  # for the logs and the observer, before connection_made
+        if not self._server._connected(self):
+            logger.warning("refusing connection from %s: server full or closing", _format(peer))
+            self._set_error(ConnectionClosedError("server full or closing", kind="refused"))
+            tcp.abort()
+            return
+        context = self._server._ssl
+        if context is None:
+            super().connection_made(transport)
+            self._server._opened(self)
+            return
+        # The handshake, run here rather than by create_server(ssl=...): after admission, and
+        # within open_timeout. The TLS protocol goes in at once, before the first read
+        # (loop.start_tls() takes a loop turn, in which uvloop already reads the hello to the
+        # old protocol); it calls connection_made again with the TLS transport when done.
+        self._tls_started = True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiter.add_done_callback(self._handshake_done)
+        timeout = self._handshake_timeout
+        tls = _tls_protocol(loop)(
+            loop,
+            self,
+            context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=timeout if timeout else None,
+        )
+        tcp.set_protocol(tls)
+        tls.connection_made(tcp)
+
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        error = None if waiter.cancelled() else waiter.exception()
+        if error is not None or waiter.cancelled():
+            self._tls_failed(error)
+
+    def _tls_failed(self, error: BaseException | None) -> None:
+        self._set_error(
+            ConnectionLostError(
+                f"TLS handshake failed: {error or 'the peer closed the connection'}",
+                error,
+                kind="tls_error",
+            )
+        )
+        self._shutdown()  # (never connected: nothing pending but its futures)
+        self._server._handshake_failed(self, error)
+
+    async def close(self, timeout: float | None = None) -> None:
+        # The peer's Go Away makes the connection close itself, with going_away already set.
+        if not self.going_away:
+            self._closed_here = True
+        await super().close(timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         reason = self.close_reason
-        logger.debug("connection from %s closed: %s", self.remote_address, reason)
-        self._server._disconnected(self)
+        assert reason is not None  # set by the connection before it calls back
+        if reason.kind == "closed" and not self._closed_here:  # a clean close the peer began
+            reason = ConnectionClosedError(f"{reason.reason} by the peer", kind="closed_by_peer")
+        logger.debug("connection from %s closed: %s", _format(self.remote_address), reason)
+        self._server._disconnected(self, reason)
+
+
+def _tls_protocol(loop: asyncio.AbstractEventLoop) -> Any:
+    """The loop's own TLS protocol class: what its ``start_tls`` would use."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop  # noqa: PLC0415 - only on uvloop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    return asyncio.sslproto.SSLProtocol
 
 
 def server_of(connection: Connection) -> Server | None:
@@ -263,7 +386,11 @@ class serve:  # used like a function, as websockets.serve is
             await server.serve_forever()
 
     ``ssl`` is an ``ssl.SSLContext`` for TLS. Port 0 picks a free port (``server.port``).
-    Other keywords are the connections' options and limits (see ``Connection``).
+    ``observer`` (a :class:`ServerObserver`, e.g. :class:`ServerMetrics`) hears connections,
+    refusals, failed handshakes, closes and messages. The server's own keywords
+    (``max_connections``, ``max_memory``, callbacks) are those of :class:`Server`; the others
+    are the connections' options and limits (see ``Connection``), checked now: an unknown
+    keyword raises TypeError.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ ping and no fire-and-forget, so ``ping`` and ``noreply`` are n/a.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import msgpack
@@ -104,6 +104,10 @@ class Http1Suite(Suite):
         {"short", "regular", "data-1m", "data-4m", "file-mem", "file-disk", "stream", "fairness"}
     )
     order = 20
+    unsupported: ClassVar[dict[str, str]] = {
+        "ping": "HTTP/1.1 has no protocol-level ping",
+        "noreply": "HTTP/1.1 answers every request (no fire-and-forget)",
+    }
 
     async def serve(self, host: str, port: int, ready: Callable[[int], None]) -> None:
         app = web.Application(client_max_size=_MAX_BODY)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import parse_qs
 
 import msgpack
@@ -146,6 +146,9 @@ class Http2Suite(Suite):
         }
     )
     order = 25
+    unsupported: ClassVar[dict[str, str]] = {
+        "noreply": "HTTP/2 answers every request (no fire-and-forget)"
+    }
 
     async def serve(self, host: str, port: int, ready: Callable[[int], None]) -> None:
         sock = bind_socket(host, port)

@@ -6,7 +6,7 @@ re-export everything here.
 """
 
 from .._constants import FastReply
-from ._connection import Connection, Handler
+from ._connection import OPTIONS, Connection, Handler, check_options
 from ._drafts import Draft, FileTransfer, Outgoing, ResponseDraft
 from ._exchanges import Incoming, Message, Request, Response, Transfer
 from ._router import Router
@@ -14,6 +14,7 @@ from ._run import loop_factory, run
 from ._streams import ReceivedFile, StreamReader, StreamWriter
 
 __all__ = [
+    "OPTIONS",
     "Connection",
     "Draft",
     "FastReply",
@@ -30,6 +31,7 @@ __all__ = [
     "StreamReader",
     "StreamWriter",
     "Transfer",
+    "check_options",
     "loop_factory",
     "run",
 ]

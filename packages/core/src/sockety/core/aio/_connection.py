@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import inspect
 import logging
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 from mypy_extensions import mypyc_attr
 
 from .. import _connection as _core
+from .._budget import MemoryPool
 from .._constants import FastReply
 from .._errors import (
     AbortedError,
@@ -57,7 +61,7 @@ from .._ids import new_id
 from ._drafts import FileTransfer, Outgoing
 from ._exchanges import Incoming, Message, Request, Response, Transfer, _MultiRequest
 
-__all__ = ["Connection", "Handler"]
+__all__ = ["OPTIONS", "Connection", "Handler", "check_options"]
 
 logger = logging.getLogger("sockety")
 
@@ -82,7 +86,79 @@ _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux
 # meanwhile); 1 MiB data, 4 MiB data and 1 MiB files as fast (within the runs' spread).
 _TLS_PACKET_SIZE = 64 * 1024
 _KNOWN_CODES = tuple(FastReply)
+# The protocol allows an empty action name (drafts do not: it is reserved for this).
+_PING = Outgoing(b"", b"", (), False)
+
+
+def _closed_handler(event: object) -> None:
+    pass  # events that come after the connection closed (none should) are dropped
+
+
+_CLOSED_HANDLERS: dict[type, Callable[[Any], None]] = {
+    event_type: _closed_handler
+    for event_type in (
+        MessageReceived,
+        FastReplyReceived,
+        ResponseReceived,
+        StreamChunkReceived,
+        StreamEnded,
+        FileChunkReceived,
+        FileEnded,
+        Aborted,
+        HeartbeatReceived,
+        GoAwayReceived,
+        ConnectionOpened,
+        ConnectionClosed,
+    )
+}
+
+
 _KNOWN_COUNT = len(_KNOWN_CODES)
+
+
+#: The keyword options of :class:`Connection` (besides ``handler``): what ``serve()`` and
+#: ``connect()`` accept for their connections, checked when they are called.
+OPTIONS = frozenset(
+    {
+        "heartbeat_interval",
+        "idle_timeout",
+        "open_timeout",
+        "header_timeout",
+        "write_timeout",
+        "close_timeout",
+        "max_receive_buffer",
+        "read_buffer_size",
+        "socket_buffer_size",
+        "receive_buffer_size",
+        "notsent_lowat",
+        "max_queued_messages",
+        "max_handlers",
+        "write_budget",
+        "write_buffer_limit",
+        "max_send_backlog",
+        "stream_buffer_limit",
+        "channels",
+        "send_channels",
+        "max_action_size",
+        "max_data_size",
+        "max_files",
+        "max_header_size",
+        "max_buffered_bytes",
+        "max_packet_size",
+        "pool",
+    }
+)
+
+
+def check_options(options: dict[str, Any], where: str = "Connection") -> None:
+    """Raises TypeError for a keyword that is not a connection option (a misspelled
+    ``idle_timout=3`` fails when ``serve()``/``connect()`` is called, not on every connection
+    later), suggesting the closest one."""
+    for name in options:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
 
 
 # The server subclasses it (registration, metrics); compiled, that has to be allowed.
@@ -102,12 +178,22 @@ class Connection(asyncio.BufferedProtocol):
         # Ping the peer when we wrote nothing for this long, so its idle timeout does not fire.
         heartbeat_interval: float | None = 10.0,
         # Close when nothing (not even a heartbeat) arrived for this long: the peer is gone.
-        idle_timeout: float | None = 30.0,
-        # The peer must send its connection header this soon after the socket opens.
+        # Well over the Node.js reference's 45 s heartbeat (two of them may be missed), so an
+        # idle reference peer stays connected. Never counted while *we* paused reading.
+        idle_timeout: float | None = 120.0,
+        # From the socket's opening (the TLS handshake included, on a server), the peer must
+        # send its connection header within this. Our own heartbeats do not extend it.
         open_timeout: float | None = 10.0,
+        # A packet or message header that started arriving must be complete within this: a
+        # deadline for the whole header, not per byte, so a peer trickling it (slow-loris) is
+        # closed however often it sends a byte.
+        header_timeout: float | None = 10.0,
+        # Close a peer that leaves our writes blocked (it reads nothing) for this long.
+        write_timeout: float | None = 30.0,
         # How long close() (and a peer's Go Away) lets in-flight exchanges finish.
         close_timeout: float = 10.0,
-        # Stream/file bytes waiting for the application before reading pauses.
+        # Stream/file bytes (and the data of queued messages) waiting for the application
+        # before reading pauses.
         max_receive_buffer: int = 4 * 1024 * 1024,
         # The reusable read buffer grows up to this when reads fill it (bulk streams and
         # files); it starts at 64 KiB, so that many quiet connections stay cheap.
@@ -127,6 +213,10 @@ class Connection(asyncio.BufferedProtocol):
         notsent_lowat: int | None = 64 * 1024,
         # Messages waiting in ``async for`` before reading pauses (without a handler).
         max_queued_messages: int = 1024,
+        # Handler tasks (async handlers) running at once before reading pauses: as many as the
+        # exchanges a peer can keep open (4096 channels), so that handlers waiting for their
+        # streams never stop the others; each costs a task (about 2 KiB) and its message.
+        max_handlers: int = 4096,
         # Bytes of queued content pulled from the core per loop turn (at least one packet):
         # paces big transfers, so that small messages are written between their packets.
         write_budget: int = 64 * 1024,
@@ -135,20 +225,49 @@ class Connection(asyncio.BufferedProtocol):
         # budgets): small-request p99 during a 64 MiB upload 3.2-4.1x the unloaded one instead
         # of 6-9x, and 1 MiB data/files as fast or faster (less memory churn).
         write_buffer_limit: int = 64 * 1024,
+        # Output waiting for a peer that does not read (answers, queued data; in the transport
+        # and the core) past which reading pauses until it reads again: its requests then wait
+        # in its own socket buffers, not in our memory. Servers set it (serve(): 4 MiB); None
+        # here, for clients: were both peers to stop reading while each one's own requests
+        # wait to be written, neither would ever write again.
+        max_send_backlog: int | None = None,
         # Bytes a stream writer may queue before drain() waits.
         stream_buffer_limit: int = 512 * 1024,
-        # The sans-IO limits (channels, max_action_size, max_data_size, ...): see
-        # sockety.core.Connection.
-        **limits: int,
+        # The sans-IO limits: see sockety.core.Connection for what each bounds and why.
+        channels: int = 4096,
+        send_channels: int = 4096,
+        max_action_size: int = 65535,
+        max_data_size: int = 64 * 1024 * 1024,
+        max_files: int = 1024,
+        max_header_size: int = 1024 * 1024,
+        max_buffered_bytes: int = 128 * 1024 * 1024,
+        # None: the core's 128 KiB over TCP, 64 KiB over TLS (see _TLS_PACKET_SIZE).
+        max_packet_size: int | None = None,
+        # A memory budget shared with other connections (a server's), or None.
+        pool: MemoryPool | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._core = _core.Connection(**limits)
-        self._tls_packets = "max_packet_size" not in limits  # see connection_made
+        self._core = _core.Connection(
+            channels=channels,
+            send_channels=send_channels,
+            max_action_size=max_action_size,
+            max_data_size=max_data_size,
+            max_files=max_files,
+            max_header_size=max_header_size,
+            max_buffered_bytes=max_buffered_bytes,
+            max_packet_size=max_packet_size or 128 * 1024,
+            pool=pool,
+        )
+        self._tls_packets = max_packet_size is None  # see connection_made
         self._handler = handler
         self._heartbeat_interval = heartbeat_interval
         self._idle_timeout = idle_timeout
         self._open_timeout = open_timeout
+        self._header_timeout = header_timeout
+        self._write_timeout = write_timeout
         self._close_timeout = close_timeout
+        self._max_handlers = max_handlers
+        self._max_send_backlog = max_send_backlog
         self._max_receive_buffer = max_receive_buffer
         self._max_queued_messages = max_queued_messages
         self._write_budget = write_budget
@@ -181,9 +300,14 @@ class Connection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._read_paused = False
         self._backlog_paused = False  # reading paused because unread answers piled up
+        self._deferred: deque[Message] = deque()  # waiting for one of max_handlers to finish
         self._held_events: deque[Any] = deque()  # events waiting for that peer to read
         self._rx_buffered = 0
-        self._last_rx = self._last_tx = self._loop.time()
+        self._last_rx = self._last_tx = self._opened_at = self._loop.time()
+        self._header_mark = -1  # the core's header_progress when a partial header was seen
+        self._header_since = 0.0
+        self._write_stall: asyncio.TimerHandle | None = None
+        self._peer_eof = False  # the peer shut its side down (we may still answer)
         self._closing = False
         self._error: ConnectionClosedError | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -193,6 +317,11 @@ class Connection(asyncio.BufferedProtocol):
         self.messages_received = 0
         self.responses_sent = 0
         self.fast_replies_sent: dict[int, int] = {}
+        #: Replies to requests we no longer wait for (already answered, or unknown): dropped
+        #: as they arrive, their streams and files unbuffered.
+        self.orphan_replies = 0
+        #: A slot for the application's own per-connection state (a fresh namespace).
+        self.state = SimpleNamespace()
         self._remote_address: Any = None
         self._local_address: Any = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -246,6 +375,15 @@ class Connection(asyncio.BufferedProtocol):
     def channels(self) -> int:
         """How many channels we send on (min of ours and the peer's); 0 before the handshake."""
         return self._core.send_channels
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """The round-trip time to the peer, in seconds: a request for the empty action, which
+        sockety-py peers answer at once (Accept) before any handler (a peer that routes it to
+        a handler, e.g. as an unknown action, answers with whatever that returns). Raises
+        :class:`ResponseTimeoutError` after ``timeout`` seconds."""
+        began = time.perf_counter()
+        await self.request(_PING).response(timeout)
+        return time.perf_counter() - began
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -459,9 +597,32 @@ class Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._write_timeout and self._write_stall is None:
+            self._write_stall = self._loop.call_later(self._write_timeout, self._write_stalled)
+
+    def _write_stalled(self) -> None:
+        self._write_stall = None
+        if self._write_paused and self._error is None:
+            self._fail(
+                ConnectionLostError(
+                    f"the peer read nothing for {self._write_timeout:g} s while we had data for it",
+                    kind="write_timeout",
+                )
+            )
+
+    @property
+    def send_backlog(self) -> int:
+        """Bytes waiting to go to the peer: in the transport's buffer and queued in the core."""
+        transport = self._transport
+        core = self._core
+        waiting = core.output_size + core.queued_bytes
+        return waiting + transport.get_write_buffer_size() if transport is not None else waiting
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
         if self._held_events:
             held = list(self._held_events)
             self._held_events.clear()
@@ -545,6 +706,11 @@ class Connection(asyncio.BufferedProtocol):
         self._write()  # our connection header
         self._last_rx = self._last_tx = self._loop.time()
         self._arm_timer()
+
+    def start_timers(self, opened_at: float) -> None:
+        """Counts the open deadline from ``opened_at`` (a loop time), e.g. the moment a server
+        accepted the socket, before a TLS handshake it ran."""
+        self._opened_at = opened_at
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Reads go to a reusable buffer, from which message data is copied once into its own
@@ -660,12 +826,31 @@ class Connection(asyncio.BufferedProtocol):
         finally:
             self._in_receive = False
         self._write()
-        if self._core.has_queued and self._flush_handle is None and not self._write_paused:
+        if self._write_paused:
+            backlog = self._max_send_backlog
+            if backlog is not None and not self._backlog_paused and self.send_backlog > backlog:
+                # The peer does not read what its requests made us write: stop reading them
+                # until it does (resume_writing), so that answers stop piling up here.
+                self._backlog_paused = True
+                self._pause_reading()
+        elif self._core.has_queued and self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def eof_received(self) -> bool:
         self._core.receive_eof()
-        return False
+        if not self._tasks or self._error is not None or self.tls:  # (TLS cannot half-close)
+            return False
+        # The peer shut its side down after its requests: their running handlers still
+        # answer, then we close (within close_timeout). Nothing more can arrive: what waits
+        # for it fails now.
+        self._peer_eof = True
+        self._core.release()
+        self._fail_waiting(
+            ConnectionLostError("the peer shut its side of the connection", kind="lost")
+        )
+        if not self._closing:
+            self._close_task = self._loop.create_task(self.close())
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -704,6 +889,14 @@ class Connection(asyncio.BufferedProtocol):
     def _on_message(self, event: MessageReceived) -> None:
         self.messages_received += 1
         _, raw_id, action, expects_response, has_stream, files, data = event
+        if not action and expects_response:  # ping(): answered here, at once
+            self._core.send_fast_reply(raw_id, FastReply.ACCEPT)
+            if has_stream or files:  # (not a ping of ours: whatever it carries is dropped)
+                ignored = Message(self, raw_id, expects_response, data)
+                ignored._attach(has_stream, files)
+                self._receiving[raw_id] = ignored
+                ignored.discard()
+            return
         message = Message(self, raw_id, expects_response, data)
         message.action = action
         if has_stream or files:
@@ -712,12 +905,28 @@ class Connection(asyncio.BufferedProtocol):
         handler = self._handler
         if handler is None:
             self._inbox.append(message)
+            if data:
+                self._buffered(len(data))
             if len(self._inbox) >= self._max_queued_messages:
                 self._pause_reading()
             waiter = self._inbox_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
+        if len(self._tasks) >= self._max_handlers:
+            # As many handlers run as max_handlers allows: this one starts when one of them
+            # finishes (_task_done). Its stream and files are received meanwhile, so that
+            # running handlers waiting for theirs behind it are never stopped; past
+            # max_queued_messages waiting, reading pauses.
+            self._deferred.append(message)
+            if data:
+                self._buffered(len(data))
+            if len(self._deferred) >= self._max_queued_messages:
+                self._pause_reading()
+            return
+        self._dispatch(handler, message)
+
+    def _dispatch(self, handler: Handler, message: Message) -> None:
         try:
             result = handler(message)
         except Exception as error:
@@ -726,10 +935,10 @@ class Connection(asyncio.BufferedProtocol):
         if result is None:
             return
         if type(result) is int or isinstance(result, int):
-            if expects_response and not message._answered:
+            if message.expects_response and not message._answered:
                 # message.fast_reply(), inlined: we are inside data_received, the flush follows.
                 message._answered = True
-                self._core.send_fast_reply(raw_id, result)
+                self._core.send_fast_reply(message._raw_id, result)
                 counts = self.fast_replies_sent
                 counts[result] = counts.get(result, 0) + 1
         elif inspect.isawaitable(result):
@@ -755,6 +964,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        deferred = self._deferred
+        if deferred and self._handler is not None and self._error is None:
+            message = deferred.popleft()
+            if message.data:
+                self._rx_buffered -= len(message.data)
+            self._dispatch(self._handler, message)
+            self._schedule_flush()
+        if self._read_paused:
+            self._resume_reading()
         if self._closing:
             self._check_idle()
 
@@ -771,16 +989,27 @@ class Connection(asyncio.BufferedProtocol):
             response._attach(has_stream, files)
             self._receiving[raw_id] = response
         request = self._requests.get(parent_id)
-        if request is not None:
-            if request._multiple:
-                request._deliver(response)
-            else:
-                del self._requests[parent_id]
-                future = request._future
-                if not future.done():
-                    future.set_result(response)
-            if self._closing:
-                self._check_idle()
+        if request is None:
+            self._orphan(response)
+            return
+        if request._multiple:
+            request._deliver(response)
+        else:
+            del self._requests[parent_id]
+            future = request._future
+            if not future.done():
+                future.set_result(response)
+            else:  # nobody waits for it (cancelled)
+                self._orphan(response)
+        if self._closing:
+            self._check_idle()
+
+    def _orphan(self, response: Response) -> None:
+        """A reply nobody waits for (its request was answered already, or is unknown): its
+        stream and files are dropped as they arrive, so they never fill the read buffer."""
+        self.orphan_replies += 1
+        if response.stream is not None or response.files:
+            response.discard()
 
     def _on_fast_reply(self, event: FastReplyReceived) -> None:
         request = self._requests.pop(event.id, None)
@@ -867,6 +1096,7 @@ class Connection(asyncio.BufferedProtocol):
             and self._transport is not None
             and len(self._inbox) < self._max_queued_messages
             and self._rx_buffered <= self._max_receive_buffer // 2
+            and len(self._deferred) < self._max_queued_messages
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -884,6 +1114,8 @@ class Connection(asyncio.BufferedProtocol):
             self._inbox_waiter = self._loop.create_future()
             await self._inbox_waiter
         message = self._inbox.popleft()
+        if message.data:
+            self._rx_buffered -= len(message.data)
         if self._read_paused:
             self._resume_reading()
         return message
@@ -891,7 +1123,9 @@ class Connection(asyncio.BufferedProtocol):
     # -- liveness -----------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        periods = [p for p in (self._heartbeat_interval, self._idle_timeout) if p]
+        periods = [
+            p for p in (self._heartbeat_interval, self._idle_timeout, self._header_timeout) if p
+        ]
         if self._open_timeout and not self._opened.done():
             periods.append(self._open_timeout)
         if periods:
@@ -902,14 +1136,34 @@ class Connection(asyncio.BufferedProtocol):
         if self._error is not None:
             return
         now = self._loop.time()
+        core = self._core
+        if self._read_paused or self._peer_eof:
+            # We stopped reading (or nothing more can come): silence is not the peer's fault.
+            self._last_rx = self._header_since = now
         limit = self._open_timeout
-        if limit and not self._core.opened and now - self._last_tx >= limit:
+        if limit and not core.opened and now - self._opened_at >= limit:
             self._fail(
                 ConnectionLostError(
                     f"no connection header from the peer within {limit:g} s", kind="open_timeout"
                 )
             )
             return
+        limit = self._header_timeout
+        if limit and core.mid_header:
+            mark = core.header_progress
+            if mark != self._header_mark:
+                self._header_mark = mark
+                self._header_since = now
+            elif now - self._header_since >= limit:
+                self._fail(
+                    ConnectionLostError(
+                        f"a header from the peer stayed incomplete for {limit:g} s",
+                        kind="header_timeout",
+                    )
+                )
+                return
+        else:
+            self._header_mark = -1
         if self._idle_timeout and now - self._last_rx >= self._idle_timeout:
             self._fail(
                 ConnectionLostError(
@@ -987,6 +1241,7 @@ class Connection(asyncio.BufferedProtocol):
             and not core.receiving
             and not self._requests
             and not self._tasks
+            and not self._deferred
             and not core._out
             and not core._chunks
         )
@@ -1018,6 +1273,15 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._shutdown()
 
+    def _fail_waiting(self, error: ConnectionClosedError) -> None:
+        """Fails what waits for the peer: our requests, and the streams and files coming."""
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            request._fail(error)
+        receiving, self._receiving = self._receiving, {}
+        for incoming in receiving.values():
+            incoming._abort(error)
+
     def _shutdown(self) -> None:
         """Fails everything that is still pending with the close reason."""
         error = self._error
@@ -1028,13 +1292,16 @@ class Connection(asyncio.BufferedProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+        self._core.release()  # what the peer made us hold goes back (to the pool too)
+        # The table of bound methods is the one reference cycle a connection has: dropped, the
+        # connection is freed by reference counting alone once the application lets go of it.
+        self._handlers = _CLOSED_HANDLERS
         self._held_events.clear()
-        requests, self._requests = self._requests, {}
-        for request in requests.values():
-            request._fail(error)
-        receiving, self._receiving = self._receiving, {}
-        for incoming in receiving.values():
-            incoming._abort(error)
+        self._deferred.clear()
+        self._fail_waiting(error)
         for task in [*self._pumps, *self._tasks]:
             task.cancel()
         for future in (self._progress, self._idle_waiter, self._inbox_waiter):

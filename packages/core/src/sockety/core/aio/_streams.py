@@ -28,7 +28,8 @@ class StreamReader:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._chunks: deque[bytes] = deque()
+        # Made with the first chunk: a message may declare a thousand files that never come.
+        self._chunks: deque[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BaseException | None = None
@@ -45,7 +46,10 @@ class StreamReader:
         return self._done and not self._chunks
 
     def _feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
+        chunks.append(chunk)
         self._received += len(chunk)
         self._connection._buffered(len(chunk))
         self._wake()
@@ -62,9 +66,10 @@ class StreamReader:
 
     def _drop(self, error: BaseException) -> None:
         """Discards what is buffered (releasing it from flow control) and fails the reader."""
-        if self._chunks:
-            self._connection._consumed(sum(map(len, self._chunks)))
-            self._chunks.clear()
+        chunks = self._chunks
+        if chunks:
+            self._connection._consumed(sum(map(len, chunks)))
+            chunks.clear()
         self._fail(error)
 
     def _wake(self) -> None:
@@ -85,7 +90,9 @@ class StreamReader:
                 raise StopAsyncIteration
             self._waiter = self._connection._loop.create_future()
             await self._waiter
-        chunk = self._chunks.popleft()
+        chunks = self._chunks
+        assert chunks is not None
+        chunk = chunks.popleft()
         self._connection._consumed(len(chunk))
         return chunk
 
