@@ -43,6 +43,9 @@ OWN = {
     "multiprocess_registry",
     "serve",
     "serve_metrics",
+    # the seam sockety-cluster joins servers through, and how a handler reaches its server
+    "ClusterLink",
+    "server_of",
 }
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sockety.core import SocketyError
 from sockety.core.cli import add_version, existing_file
 from sockety.core.cli import port as _port
 from sockety.server import run
@@ -76,9 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a receiver may take nothing before it is dropped (30)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    serve.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        metavar="NATS_URL",
+        help="one room with every server using this NATS (repeatable); needs sockety-cluster",
+    )
+    serve.add_argument(
+        "--history", type=int, default=100, help="with --cluster: messages a joiner gets (100)"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="with --cluster: processes sharing the port"
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     join = commands.add_parser("join", help="join a chat server")
-    join.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    join.add_argument(
+        "address",
+        type=parse_address,
+        metavar="HOST:PORT",
+        nargs="+",
+        help="a server; more: where to reconnect when one is lost (clustered servers)",
+    )
     join.add_argument("--name", type=_name, help="your name (else anon_<random>)")
     join.add_argument("--tls", action="store_true", help="connect with TLS (verified)")
     join.add_argument("--tls-ca", type=_pem, help="trust this CA file (implies --tls)")
@@ -92,13 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     logging.basicConfig(handlers=[logging.NullHandler()], force=True)  # the screen is the UI
     if args.command == "join":
-        host, port = args.address
+        (host, port), *others = args.address
         client_ssl: ssl_module.SSLContext | None = None
         if args.tls or args.tls_ca:
             client_ssl = ssl_module.create_default_context(
                 cafile=str(args.tls_ca) if args.tls_ca else None
             )
-        app = ChatApp(host, port, name=args.name, ssl=client_ssl, downloads=args.downloads)
+        app = ChatApp(
+            host, port, name=args.name, ssl=client_ssl, downloads=args.downloads, others=others
+        )
     else:
         app = ChatApp(
             "127.0.0.1", args.port, name=args.name, server=ChatServer(), downloads=args.downloads
@@ -122,17 +145,39 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"sockety-chat: cannot load the certificate: {error}", file=sys.stderr)
             return 2
 
-    async def serve() -> int:
-        chat = ChatServer(max_file_size=args.max_file_size, stall=args.stall)
+    if args.workers > 1:
+        from ._workers import serve_workers  # noqa: PLC0415
+
+        return serve_workers(args)
+    if args.cluster:
         try:
-            await chat.start(args.host, args.port, ssl=context)
+            from ._cluster import ClusterRoom  # noqa: PLC0415 - sockety-cluster only when asked
+        except ImportError as error:
+            print(f"sockety-chat: --cluster needs sockety-cluster: {error}", file=sys.stderr)
+            return 2
+
+    async def serve() -> int:
+        room = (
+            ClusterRoom(args.cluster, history=args.history, stall=args.stall)
+            if args.cluster
+            else None
+        )
+        chat = ChatServer(max_file_size=args.max_file_size, stall=args.stall, room=room)
+        try:
+            await chat.start(args.host, args.port, ssl=context, reuse_port=args.reuse_port)
         except OSError as error:
             print(
                 f"sockety-chat: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
             )
             return 1
+        except SocketyError as error:  # --cluster: NATS unreachable
+            print(f"sockety-chat: {error}", file=sys.stderr)
+            return 1
         scheme = "TLS" if context else "TCP"
-        print(f"chat server on {args.host}:{chat.port} ({scheme}); Ctrl+C stops", flush=True)
+        joined = f", one room through {', '.join(args.cluster)}" if args.cluster else ""
+        print(
+            f"chat server on {args.host}:{chat.port} ({scheme}{joined}); Ctrl+C stops", flush=True
+        )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

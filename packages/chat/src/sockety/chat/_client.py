@@ -23,7 +23,7 @@ import ssl as ssl_module
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -243,12 +243,19 @@ class ChatClient:
         downloads: Path | None = None,
         # Messages waiting to be accepted (sent or not): a paste of a few thousand lines fits.
         max_pending: int = 10_000,
+        # More servers of the same (clustered) room: each lost connection moves to the next.
+        others: Sequence[tuple[str, int]] = (),
         **options: Any,
     ) -> None:
         if name is not None and not p.is_valid_name(name):
             raise ChatError(invalid_name(name))
         self.host = host
         self.port = port
+        self.addresses = [(host, port), *others]
+        self._next = 0
+        #: The last room-wide sequence seen (clustered servers number messages in JetStream):
+        #: copies of it and older ones are dropped; a reconnect asks for what came after.
+        self.last_seq = 0
         self._ssl = ssl
         self._on_event = on_event
         self._backoff = backoff
@@ -310,6 +317,8 @@ class ChatClient:
         self._stopped.clear()
         while not self._stopped.is_set():
             fatal = False
+            self.host, self.port = self.addresses[self._next % len(self.addresses)]
+            self._next += 1  # after a failure or a loss: the next server, if there are several
             try:
                 connection = await connect(
                     self.host,
@@ -433,6 +442,8 @@ class ChatClient:
             self._emit(Connected(self.address, again=self._was_connected))
             self._was_connected = True
             self._emit(LoggedIn(data))
+            with contextlib.suppress(SocketyError):  # clustered servers send what we missed
+                message.connection.send_nowait(p.SINCE(self.last_seq))
             if self.wanted_name is not None and self.wanted_name != data:
                 self._spawn(self._restore_name(self.wanted_name))
             else:
@@ -444,6 +455,11 @@ class ChatClient:
             content = p.clean_text(str(data.get("content", "")))
             self._emit(SystemNotice(p.parse_iso(data.get("date")), content))
         elif action == "chat" and isinstance(data, dict):
+            seq = data.get("seq")
+            if isinstance(seq, int):
+                if seq <= self.last_seq:
+                    return None  # had it already (a replay overlapping what we saw)
+                self.last_seq = seq
             room_id = data.get("id")
             self._emit(
                 ChatMessage(

@@ -44,6 +44,7 @@ PRIVATE_UP = Draft("private", data="msgpack")
 TYPING_UP = Draft("typing", stream=True)
 OFFER_UP = Draft("offer", data="msgpack")
 GET = Draft("get", data="msgpack")
+SINCE = Draft("since", data="msgpack")  # the last room sequence seen (clustered servers)
 # server -> client
 LOGIN = Draft("login", data="msgpack")
 USERS = Draft("users", data="msgpack")

@@ -17,6 +17,9 @@ The seam (where a cluster layer plugs in): all the room's state and every fan-ou
   typist is written); a member whose outbox fills up, or whose socket takes nothing for
   ``stall`` seconds while messages wait, is disconnected with that reason. Nobody else ever
   waits for it.
+- A room across servers (``sockety.chat._cluster.ClusterRoom``) also uses ``cluster_link``,
+  ``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and ``since``: in one
+  process they publish, rename and do nothing.
 - ``Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered for the
   room); ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
   piece by piece, only as fast as that receiver takes it (so one slow receiver holds nothing but
@@ -367,6 +370,30 @@ class Room:
         for member in list(self.members.values()):
             member.typing_changed(relay)
 
+    # -- a cluster layer's hooks (see sockety.chat._cluster) -----------------------------------
+
+    #: What ``serve(cluster=...)`` gets: None for a room in one process.
+    cluster_link: Any = None
+
+    async def started(self) -> None:
+        """The chat's server listens (and its cluster link, if any, is up)."""
+
+    async def stopped(self) -> None:
+        """The chat server is closing."""
+
+    def rename_to(self, member: Member, name: str) -> Any:
+        """A member asks for a name: ACCEPT (or an awaitable of the answer)."""
+        self.rename(member, name)
+        return FastReply.ACCEPT
+
+    def say(self, payload: dict[str, Any], *, key: str | None) -> Any:
+        """A room-wide chat message: ACCEPT (or an awaitable of the answer)."""
+        self.publish(p.CHAT, payload, key=key)
+        return FastReply.ACCEPT
+
+    def since(self, member: Member, after: int) -> None:
+        """The client saw the room's messages up to sequence ``after`` (clustered rooms)."""
+
     # -- files -----------------------------------------------------------------------------------
 
     def offer(self, member: Member, name: str, size: int) -> Offer:
@@ -423,11 +450,14 @@ class ChatServer:
         max_queued: int = 5000,
         stall: float = 30.0,
         join_grace: float = 2.0,
+        # Another room (one across servers: sockety.chat._cluster.ClusterRoom); its own
+        # limits then, not the three above.
+        room: Room | None = None,
         **options: Any,
     ) -> None:
         self.max_file_size = max_file_size
         self._stall = stall
-        self.room = Room(
+        self.room = room or Room(
             clock=clock,
             anon_name=anon_name,
             max_queued=max_queued,
@@ -443,6 +473,7 @@ class ChatServer:
         self._router.action("typing")(self._on_typing)
         self._router.action("offer")(self._on_offer)
         self._router.action("get")(self._on_get)
+        self._router.action("since")(self._on_since)
         self._router.action("file")(self._reject)  # the old forced share: files are offered now
         self._drains: set[asyncio.Task[None]] = set()
 
@@ -454,16 +485,20 @@ class ChatServer:
         port: int = 0,
         *,
         ssl: ssl_module.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._server = await serve(
             self._router,
             host,
             port,
             ssl=ssl,
+            reuse_port=reuse_port,
             on_connect=self.room.join,
             on_disconnect=self._disconnected,
+            cluster=self.room.cluster_link,
             **self._options,
         )
+        await self.room.started()
 
     @property
     def port(self) -> int:
@@ -489,6 +524,7 @@ class ChatServer:
         """Ends the typing relays at once, then closes gracefully (Go Away)."""
         for member in list(self.room.members.values()):
             self.room.end_typing(member)
+        await self.room.stopped()
         if self._server is not None:
             await self._server.close()
         self.room.close()
@@ -529,7 +565,7 @@ class ChatServer:
 
     # -- actions ---------------------------------------------------------------------------------
 
-    def _on_name(self, message: Message) -> int:
+    def _on_name(self, message: Message) -> Any:
         plain = self._plain(message)
         if plain is None:
             return self._reject(message)
@@ -537,10 +573,10 @@ class ChatServer:
         if not p.is_valid_name(name) or self.room.taken(name, member):
             return FastReply.BAD_REQUEST
         if member.name != name or not member.announced:
-            self.room.rename(member, name)
+            return self.room.rename_to(member, name)
         return FastReply.ACCEPT
 
-    def _on_broadcast(self, message: Message) -> int:
+    def _on_broadcast(self, message: Message) -> Any:
         """The reference's string, or ``{id, content, me}`` (this package's client: ``id`` makes
         a resend idempotent, ``me`` marks a ``/me`` action)."""
         plain = self._plain(message)
@@ -557,7 +593,13 @@ class ChatServer:
         payload = {"date": self.room.now(), "author": member.name, "content": data}
         if me:
             payload["me"] = True
-        self.room.publish(p.CHAT, payload, key=f"{member.name}/{key}" if key else None)
+        return self.room.say(payload, key=f"{member.name}/{key}" if key else None)
+
+    def _on_since(self, message: Message) -> int:
+        plain = self._plain(message)
+        if plain is None or not isinstance(plain[1], int) or plain[1] < 0:
+            return self._reject(message)
+        self.room.since(*plain)
         return FastReply.ACCEPT
 
     def _on_private(self, message: Message) -> int:

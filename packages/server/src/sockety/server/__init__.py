@@ -31,10 +31,11 @@ from sockety.core.aio import (
 
 from ._metrics import ServerMetrics, multiprocess_registry, serve_metrics
 from ._observer import ServerObserver
-from ._server import Server, serve
+from ._server import ClusterLink, Server, serve, server_of
 
 __all__ = [
     "AbortedError",
+    "ClusterLink",
     "Connection",
     "ConnectionClosedError",
     "ConnectionLostError",
@@ -62,4 +63,5 @@ __all__ = [
     "run",
     "serve",
     "serve_metrics",
+    "server_of",
 ]

@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "asyncio", "uvloop"],
         help="event loop (default: uvloop when installed)",
     )
+    ops.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        metavar="NATS_URL",
+        help="join the servers using this NATS (repeatable for a NATS cluster), e.g. "
+        "nats://127.0.0.1:4222; needs the sockety-cluster package",
+    )
     # Set by the supervisor for its workers.
     parser.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -209,6 +217,23 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> Handler
     return handler
 
 
+def cluster_class() -> Any:
+    """``sockety.cluster.Cluster``, imported only for ``--cluster``: the server does not depend
+    on sockety-cluster (nats-py and the nats-server binary)."""
+    try:
+        from sockety.cluster import Cluster  # noqa: PLC0415
+    except ImportError as error:
+        raise UsageError(
+            f"--cluster needs the sockety-cluster package (pip install sockety-cluster): {error}"
+        ) from None
+    return Cluster
+
+
+def make_cluster(urls: Sequence[str], registry: Any = None) -> Any:
+    """The cluster link for ``--cluster URL...``, its metrics on ``registry``."""
+    return cluster_class()(list(urls), registry=registry)
+
+
 def configure_logging(level: str, worker: int | None) -> None:
     who = f"worker {worker} " if worker is not None else ""
     logging.basicConfig(
@@ -232,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tls_ca and not args.tls_cert:
             raise UsageError("--tls-ca needs --tls-cert and --tls-key")
         limits = parse_limits(args.limit)
+        if args.cluster:
+            cluster_class()  # fails here, with exit status 2, if not installed
         if args.workers > 1:
             from ._workers import supervise  # noqa: PLC0415 - only the supervisor needs it
 

@@ -13,6 +13,7 @@ import ssl
 import sys
 from typing import Any
 
+from sockety.core import SocketyError
 from sockety.core.aio import Connection, Handler, loop_factory
 
 from ._server import Server
@@ -93,11 +94,18 @@ async def _serve(args: argparse.Namespace, handler: Handler, limits: dict[str, i
 
         metrics = ServerMetrics(loop_name=loop_name)
         options["observer"] = metrics
+    if args.cluster:
+        from ._cli import make_cluster  # noqa: PLC0415 - sockety-cluster only when asked
+
+        options["cluster"] = make_cluster(args.cluster, metrics.registry if metrics else None)
     server = Server(handler, **options)
     try:
         await server.start(args.host, args.port, reuse_port=in_pool)
     except OSError as error:
         logger.error("could not listen on %s:%s: %s", args.host, args.port, error)
+        return 1
+    except SocketyError as error:  # the cluster link (--cluster) could not start
+        logger.error("%s", error)
         return 1
 
     background: list[asyncio.Task[None]] = []

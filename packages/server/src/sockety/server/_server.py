@@ -19,16 +19,30 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sockety.core import ConnectionClosedError, ConnectionLostError, MemoryPool
 from sockety.core.aio import Connection, Handler, Outgoing, check_options
 
 from ._observer import ServerObserver, observed
 
-__all__ = ["Server", "serve"]
+__all__ = ["ClusterLink", "Server", "serve", "server_of"]
 
 logger = logging.getLogger("sockety.server")
+
+
+class ClusterLink(Protocol):
+    """What joins a server to others (``sockety.cluster.Cluster`` is one): started once the
+    server listens, told of every connection that opens and closes, closed after the server's
+    connections drained. The server depends on nothing more."""
+
+    async def start(self, server: Server) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def connected(self, connection: Connection) -> None: ...
+
+    def disconnected(self, connection: Connection) -> None: ...
 
 
 class Server:
@@ -53,6 +67,7 @@ class Server:
         # shared limit.
         max_memory: int | None = None,
         observer: ServerObserver | None = None,
+        cluster: ClusterLink | None = None,
         **options: Any,
     ) -> None:
         check_options(options, "serve")
@@ -65,6 +80,7 @@ class Server:
                 handler = observed(handler, observer)
         self._observer = observer
         self._handler = handler
+        self._cluster = cluster
         self._ssl = ssl
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -109,6 +125,12 @@ class Server:
             )
         self._addresses = [sock.getsockname() for sock in self._server.sockets]
         logger.info("listening on %s", ", ".join(map(_format, self._addresses)))
+        if self._cluster is not None:
+            try:
+                await self._cluster.start(self)
+            except BaseException:
+                self._server.close()  # no cluster, no server: the caller asked for both
+                raise
 
     def _make_connection(self) -> Connection:
         connection = _ServerConnection(self, self._handler, **self._options)
@@ -131,6 +153,8 @@ class Server:
         connection.announced = True
         if self._observer is not None:
             self._observer.on_connect(connection)
+        if self._cluster is not None:
+            self._cluster.connected(connection)
         if self._on_connect is not None:
             self._on_connect(connection)
 
@@ -153,6 +177,8 @@ class Server:
             self._connections.discard(connection)
             if self._observer is not None:
                 self._observer.on_close(connection, reason)
+            if self._cluster is not None:
+                self._cluster.disconnected(connection)
             if self._on_disconnect is not None:
                 self._on_disconnect(connection)
 
@@ -174,6 +200,11 @@ class Server:
     def connections(self) -> frozenset[Connection]:
         """The open connections."""
         return frozenset(self._connections)
+
+    @property
+    def cluster(self) -> ClusterLink | None:
+        """The cluster link given to ``serve(cluster=...)``, if any."""
+        return self._cluster
 
     @property
     def is_serving(self) -> bool:
@@ -223,6 +254,8 @@ class Server:
         await asyncio.gather(*(c.close(timeout) for c in connections), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._cluster is not None:
+            await self._cluster.close()
         self._closed.set()
         logger.info("closed")
 
@@ -333,6 +366,12 @@ def _tls_protocol(loop: asyncio.AbstractEventLoop) -> Any:
 
         return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
     return asyncio.sslproto.SSLProtocol
+
+
+def server_of(connection: Connection) -> Server | None:
+    """The server a connection was accepted by (None for a client's connection): how a
+    handler reaches its server, e.g. ``server_of(message.connection).cluster``."""
+    return connection._server if isinstance(connection, _ServerConnection) else None
 
 
 def _format(address: Any) -> str:

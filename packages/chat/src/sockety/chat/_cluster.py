@@ -1,0 +1,286 @@
+"""One chat room across several ``sockety-chat serve --cluster`` processes, through NATS: a
+:class:`~sockety.chat._server.Room` whose state is shared with the other servers.
+
+- Room-wide messages go into a JetStream history (``sockety.cluster.History``): the author's
+  ``broadcast`` is accepted once NATS acknowledged it (the client's message id is the JetStream
+  message id, so a resend, even to another server, is stored once), and every server (the
+  author's too) delivers what the history feeds it, so all see the same order. The stream
+  sequence is the message's ``seq`` (and its ``id``). A joiner's client says the last ``seq`` it
+  saw (``since``, 0 when new) and gets what followed, or the last ``history`` messages: nothing
+  JetStream holds is missed, nothing repeats.
+- Names are presence keys (``Cluster.bind``): one users list; the name of someone whose server
+  died is released within the TTL, or at once when they come back (the ping take-over).
+- System notices and live typing cross as NATS topics (ephemeral, as on one server).
+- Not across servers (yet): private messages and file offers reach members of the sender's
+  server only.
+
+Imported only with ``--cluster``: sockety-chat does not depend on sockety-cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+import msgpack
+
+from sockety.cluster import Cluster, ClusterError, History, KeyTakenError
+from sockety.core import SocketyError
+from sockety.server import Connection, FastReply
+
+from . import _protocol as p
+from ._server import Member, Room, _TypingRelay
+
+__all__ = ["ClusterRoom"]
+
+logger = logging.getLogger("sockety.chat.cluster")
+
+#: A ``since`` gets at most this many messages (the history's retention bounds it anyway).
+MAX_CATCH_UP = 10_000
+
+
+class _Typist:
+    """Someone typing on another server: all a typing relay needs of its source."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class ClusterRoom(Room):
+    """``ChatServer(room=ClusterRoom("nats://127.0.0.1:4222"))``."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        history: int = 100,
+        retention: int = 10_000,
+        prefix: str = "sockety_chat",
+        # How long a joiner's history waits for its client's `since` (then: the last N, for
+        # clients that never send one, like the reference's).
+        since_wait: float = 1.0,
+        name: str | None = None,
+        **room_options: Any,
+    ) -> None:
+        super().__init__(**room_options)
+        self.cluster = Cluster(servers, prefix=prefix, name=name)
+        self.cluster_link = self.cluster
+        self.history_size = history
+        self.since_wait = since_wait
+        self.history = History(self.cluster, "messages", max_records=max(retention, history))
+        # Members still being sent their history: live messages wait here, in order.
+        self._catching: dict[Member, list[tuple[int, bytes]]] = {}
+        self._last_sent: dict[Member, int] = {}
+        self._waiting: dict[Member, asyncio.TimerHandle] = {}
+        self._remote_typing: dict[tuple[str, str], _TypingRelay] = {}
+        self._jobs: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def started(self) -> None:
+        await self.history.start()
+        await self.history.follow(self._on_record, after=await self.history.last_sequence())
+        await self.cluster.subscribe("system", self._on_system)
+        await self.cluster.subscribe("typing", self._on_typing)
+        self.cluster.on_presence = self._on_presence
+
+    async def stopped(self) -> None:
+        for relay in list(self._remote_typing.values()):
+            relay.ended = True
+            self._typing_changed(relay)
+        self._remote_typing.clear()
+        for timer in self._waiting.values():
+            timer.cancel()
+        for task in list(self._jobs):
+            task.cancel()
+        await self.history.close()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    # -- people ---------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """Everyone in the room: the cluster's presence, and local names not in it yet."""
+        everyone = list(self.cluster.presence)
+        return everyone + [m.name for m in self.members.values() if m.name not in everyone]
+
+    def join(self, connection: Connection) -> Member:
+        member = super().join(connection)
+        for relay in self._remote_typing.values():
+            member.typing_changed(relay)
+        self._catching[member] = []
+        self._spawn(self._claim(member, member.name, previous=None))
+        self._waiting[member] = asyncio.get_running_loop().call_later(
+            self.since_wait, self._start_replay, member, 0
+        )
+        return member
+
+    def taken(self, name: str, by: Member | None = None) -> bool:
+        """Here, or the same name in another case on another server (the same name exactly is
+        for the presence bucket to decide: it may be held by a server that died)."""
+        if super().taken(name, by):
+            return True
+        folded = name.casefold()
+        return any(
+            key != name and key.casefold() == folded and server != self.cluster.id
+            for key, server in self.cluster.presence.items()
+        )
+
+    def rename_to(self, member: Member, name: str) -> Any:
+        if member.name == name:
+            return super().rename_to(member, name)
+        return self._rename(member, name)
+
+    async def _rename(self, member: Member, name: str) -> int:
+        previous = member.name
+        try:
+            await self.cluster.bind(member.connection, name)
+        except KeyTakenError:
+            return FastReply.BAD_REQUEST
+        except (ClusterError, SocketyError) as error:
+            logger.warning("could not publish %s's presence: %s", name, error)
+            return FastReply.INTERNAL_ERROR
+        if not member.left and member.name == previous:
+            self.rename(member, name)
+        return FastReply.ACCEPT
+
+    async def _claim(self, member: Member, name: str, *, previous: str | None) -> None:
+        try:
+            await self.cluster.bind(member.connection, name)
+        except (ClusterError, SocketyError) as error:
+            logger.warning("could not publish %s's presence: %s", name, error)
+
+    def leave(self, member: Member, reason: str = "") -> None:
+        super().leave(member, reason)
+        timer = self._waiting.pop(member, None)
+        if timer is not None:
+            timer.cancel()
+        self._catching.pop(member, None)
+        self._last_sent.pop(member, None)
+
+    def _on_presence(self, key: str, server: str | None) -> None:
+        if server is None:  # gone (left, or its server died): so is its typing line
+            for (origin, author), relay in list(self._remote_typing.items()):
+                if author == key:
+                    relay.ended = True
+                    self._typing_changed(relay)
+                    del self._remote_typing[origin, author]
+        self._users()
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def say(self, payload: dict[str, Any], *, key: str | None) -> Any:
+        return self._store(payload, key)
+
+    async def _store(self, payload: dict[str, Any], key: str | None) -> int:
+        try:
+            await self.history.append(msgpack.packb(payload), msg_id=key)
+        except ClusterError as error:
+            logger.warning("a message from %s was not stored: %s", payload.get("author"), error)
+            return FastReply.INTERNAL_ERROR
+        return FastReply.ACCEPT
+
+    def since(self, member: Member, after: int) -> None:
+        """Only the first ``since`` counts; later ones are answered by the live feed already."""
+        if member in self._waiting:
+            self._start_replay(member, after)
+
+    def _start_replay(self, member: Member, after: int) -> None:
+        timer = self._waiting.pop(member, None)
+        if timer is None:
+            return
+        timer.cancel()
+        count = MAX_CATCH_UP if after > 0 else self.history_size
+        self._spawn(self._replay(member, after, count))
+
+    async def _replay(self, member: Member, after: int, count: int) -> None:
+        try:
+            records = await self.history.read(count, after=after)
+        except Exception as error:  # NATS away, or nats-py's own errors: live goes on
+            logger.warning("could not read the history: %s", error)
+            records = []
+        for sequence, data in records:
+            self._send_record(member, sequence, data)
+        # What arrived live meanwhile (no await from here: nothing more is buffered).
+        for sequence, data in self._catching.pop(member, ()):
+            self._send_record(member, sequence, data)
+
+    def _on_record(self, sequence: int, data: bytes) -> None:
+        for member in list(self.members.values()):
+            waiting = self._catching.get(member)
+            if waiting is not None:
+                waiting.append((sequence, data))
+            else:
+                self._send_record(member, sequence, data)
+
+    def _send_record(self, member: Member, sequence: int, data: bytes) -> None:
+        if sequence <= self._last_sent.get(member, 0) or member.left:
+            return  # sent already (a replay and the live feed overlap): never twice
+        record = _unpack(data)
+        if not isinstance(record, dict):
+            return
+        self._last_sent[member] = sequence
+        self.deliver(member, p.CHAT({**record, "id": sequence, "seq": sequence}))
+
+    # -- system notices -------------------------------------------------------------------------
+
+    def system(self, content: str, *, but: Member | None = None) -> None:
+        super().system(content, but=but)
+        self._publish("system", {"date": self.now(), "content": content})
+
+    def _on_system(self, data: bytes, origin: str) -> None:
+        notice = _unpack(data)
+        if isinstance(notice, dict):
+            self.publish(p.SYSTEM, notice)
+
+    def _publish(self, topic: str, value: Any) -> None:
+        try:
+            self.cluster.publish(topic, msgpack.packb(value))
+        except ClusterError as error:
+            logger.debug("not published on %s: %s", topic, error)
+
+    # -- typing ---------------------------------------------------------------------------------
+
+    def typed(self, relay: _TypingRelay, text: str) -> None:
+        super().typed(relay, text)
+        if not relay.ended:
+            self._publish("typing", [relay.author, text, False])
+
+    def end_typing(self, member: Member, relay: _TypingRelay | None = None) -> None:
+        current = self._typing.get(member)
+        super().end_typing(member, relay)
+        if current is not None and current.ended:
+            self._publish("typing", [current.author, "", True])
+
+    def _on_typing(self, data: bytes, origin: str) -> None:
+        value = _unpack(data)
+        if not (isinstance(value, list) and len(value) == 3):
+            return
+        author, text, ended = value
+        if not isinstance(author, str) or not isinstance(text, str):
+            return
+        relay = self._remote_typing.get((origin, author))
+        if ended:
+            if relay is not None:
+                relay.ended = True
+                self._typing_changed(relay)
+                del self._remote_typing[origin, author]
+            return
+        if relay is None:
+            relay = _TypingRelay(cast(Member, _Typist(author)))
+            self._remote_typing[origin, author] = relay
+        relay.text = p.clean_text(text)
+        self._typing_changed(relay)
+
+
+def _unpack(data: bytes) -> Any:
+    with contextlib.suppress(ValueError, TypeError, msgpack.UnpackException):
+        return msgpack.unpackb(data)
+    return None
