@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sockety.client import Connection, Message, connect
+from sockety.core.cli import add_version, positive_int
 
 from ._demo import SAY
 from ._nats import NatsServer
@@ -182,11 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-server broadcast fan-out through NATS: deliveries/s and latency, "
         "for each number of sockety-server processes.",
     )
+    add_version(parser, "sockety-cluster")
     parser.add_argument("--servers", default="1,3", help="server counts to run (default: 1,3)")
-    parser.add_argument("--clients", type=int, default=30, help="receiving clients (default: 30)")
-    parser.add_argument("--messages", type=int, default=2000, help="broadcasts (default: 2000)")
-    parser.add_argument("--size", type=int, default=64, help="bytes per message (default: 64)")
-    parser.add_argument("--window", type=int, default=64, help="unanswered broadcasts at most")
+    parser.add_argument(
+        "--clients", type=positive_int, default=30, help="receiving clients (default: 30)"
+    )
+    parser.add_argument(
+        "--messages", type=positive_int, default=2000, help="broadcasts (default: 2000)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=64, help="bytes per message (default: 64)"
+    )
+    parser.add_argument(
+        "--window", type=positive_int, default=64, help="unanswered broadcasts at most"
+    )
     parser.add_argument("--nats", metavar="URL", help="use this NATS instead of starting one")
     return parser
 
