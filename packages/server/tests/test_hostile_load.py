@@ -322,7 +322,7 @@ def test_giant_declarations_are_rejected_before_allocation() -> None:
             await asyncio.wait_for(reader.read(), 10)
         writer.close()
         reason = (await closed.get()).close_reason
-        if reason is not None and reason.kind == "closed":  # the healthy client, gone first
+        if reason is not None and reason.kind == "closed_by_peer":  # the healthy client, gone first
             reason = (await closed.get()).close_reason
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()

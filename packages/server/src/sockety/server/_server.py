@@ -284,7 +284,6 @@ class _ServerConnection(Connection):
         #: Whether on_connect was told (only such connections are told about their close).
         self.announced = False
         self._tls_started = False
-        self._closed_here = False  # close() called before any Go Away: this side closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Admission first: a refused peer gets no Sockety header (nor a TLS handshake), so its
@@ -342,19 +341,10 @@ class _ServerConnection(Connection):
         self._shutdown()  # (never connected: nothing pending but its futures)
         self._server._handshake_failed(self)
 
-    async def close(self, timeout: float | None = None) -> None:
-        # The peer's Go Away makes the connection close itself, with going_away already set.
-        # (A peer that shut its side down first is told apart by the connection itself.)
-        if not self.going_away:
-            self._closed_here = True
-        await super().close(timeout)
-
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         reason = self.close_reason
         assert reason is not None  # set by the connection before it calls back
-        if reason.kind == "closed" and not self._closed_here:  # a clean close the peer began
-            reason = ConnectionClosedError(f"{reason.reason} by the peer", kind="closed_by_peer")
         logger.debug("connection from %s closed: %s", _format(self.remote_address), reason)
         self._server._disconnected(self, reason)
 

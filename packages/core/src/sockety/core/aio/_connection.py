@@ -320,6 +320,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_stall: asyncio.TimerHandle | None = None
         self._peer_eof = False  # the peer shut its side down (we may still answer)
         self._eof_clean = True  # ... at a clean boundary (the core's ConnectionClosed.clean)
+        self._peer_closing = False  # the peer's Go Away came before we began to close
         self._closing = False
         self._error: ConnectionClosedError | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -909,10 +910,8 @@ class Connection(asyncio.BufferedProtocol):
                         kind="tls_error" if tls else "lost",
                     )
                 )
-            elif self._peer_eof:
-                self._set_error(self._peer_shut_down())
-            elif self._closing and self._core.idle and not self._requests:
-                self._set_error(ConnectionClosedError("connection closed"))
+            elif self._peer_eof or (self._closing and self._core.idle and not self._requests):
+                self._set_error(self._clean_close())
             elif self._core.idle and not self._requests and not self._receiving:
                 self._set_error(
                     ConnectionClosedError("connection closed by the peer", kind="closed_by_peer")
@@ -1117,6 +1116,7 @@ class Connection(asyncio.BufferedProtocol):
                 request._fail(GoingAwayError("the peer is going away; the message was not sent"))
         self._set_going_away()
         if not self._closing:
+            self._peer_closing = True  # the peer began the close: its Go Away came first
             self._close_task = self._loop.create_task(self.close())
 
     # -- flow control on the read side ---------------------------------------------------------
@@ -1270,11 +1270,7 @@ class Connection(asyncio.BufferedProtocol):
                         )
                     )
             if not self.closed:  # (the property: the grace period may have closed it)
-                self._set_error(
-                    self._peer_shut_down()
-                    if self._peer_eof
-                    else ConnectionClosedError("connection closed")
-                )
+                self._set_error(self._clean_close())
         transport = self._transport
         if transport is not None:
             transport.close()
@@ -1285,14 +1281,17 @@ class Connection(asyncio.BufferedProtocol):
                 transport.abort()
         await asyncio.shield(self._closed)
 
-    def _peer_shut_down(self) -> ConnectionClosedError:
-        """The close reason once the peer shut its side down first and we answered what we
-        could: by the peer, or lost if its stream ended inside an exchange."""
-        if self._eof_clean:
+    def _clean_close(self) -> ConnectionClosedError:
+        """The reason of a close that ran its course, by who began it: the peer (its Go Away,
+        or it shut its side down after its requests: we answered what we could), or this side.
+        A peer that shut its side down inside an exchange lost it."""
+        if self._peer_eof and not self._eof_clean:
+            return ConnectionLostError(
+                "the peer shut its side of the connection during an exchange", kind="lost"
+            )
+        if self._peer_eof or self._peer_closing:
             return ConnectionClosedError("connection closed by the peer", kind="closed_by_peer")
-        return ConnectionLostError(
-            "the peer shut its side of the connection during an exchange", kind="lost"
-        )
+        return ConnectionClosedError("connection closed")
 
     def _is_idle(self) -> bool:
         core = self._core
