@@ -15,6 +15,7 @@ from sockety.chat import ChatClient, ChatEvent, ChatServer
 from sockety.chat._client import (
     ChatMessage,
     Disconnected,
+    FileUpdated,
     LoggedIn,
     TypingChanged,
     UsersChanged,
@@ -32,6 +33,7 @@ class Person:
 
     def __init__(self, addresses: list[tuple[str, int]], name: str) -> None:
         self.events: list[ChatEvent] = []
+        self.progress: list[tuple[int, int]] = []  # (file, received) as each update came
         self.changed = asyncio.Condition()
         (host, port), *others = addresses
         self.client = ChatClient(
@@ -41,6 +43,8 @@ class Person:
 
     def _record(self, event: ChatEvent) -> None:
         self.events.append(event)
+        if isinstance(event, FileUpdated):
+            self.progress.append((event.file.index, event.file.received))
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:

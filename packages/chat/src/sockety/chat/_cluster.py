@@ -11,8 +11,14 @@
 - Names are presence keys (``Cluster.bind``): one users list; the name of someone whose server
   died is released within the TTL, or at once when they come back (the ping take-over).
 - System notices and live typing cross as NATS topics (ephemeral, as on one server).
-- Not across servers (yet): private messages and file offers reach members of the sender's
-  server only.
+- A private message to someone on another server is a cluster request to their name, handled
+  there (``private``): it is confirmed to its sender once it was delivered, and a name nobody
+  holds is refused as on one server.
+- File offers cross as a topic; each server numbers the offers of others as its own (``#N`` is
+  a server's number, like its message ids). ``/get`` of another server's offer asks the owner's
+  name for one piece at a time (a cluster request, ``piece``, handled where the owner is by
+  asking its connection, as on one server). Offers are withdrawn when their owner's name leaves
+  the presence (they left, were renamed, or their server died).
 
 Imported only with ``--cluster``: sockety-chat does not depend on sockety-cluster.
 """
@@ -22,17 +28,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgpack
 
-from sockety.cluster import Cluster, ClusterError, History, KeyTakenError
+from sockety.cluster import Cluster, ClusterError, History, KeyTakenError, NotConnectedError
 from sockety.core import SocketyError
 from sockety.server import Connection, FastReply
 
 from . import _protocol as p
-from ._server import Member, Room, _TypingRelay
+from ._server import Member, Offer, PieceError, Room, _TypingRelay
 
 __all__ = ["ClusterRoom"]
 
@@ -47,6 +54,14 @@ class _Typist:
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """Where another server's offer lives: its owner's name and the number it has there."""
+
+    owner: str
+    file: int
 
 
 class ClusterRoom(Room):
@@ -77,6 +92,7 @@ class ClusterRoom(Room):
         self._waiting: dict[Member, asyncio.TimerHandle] = {}
         self._remote_typing: dict[tuple[str, str], _TypingRelay] = {}
         self._jobs: set[asyncio.Task[Any]] = set()
+        self._remote_offers: dict[int, _Remote] = {}  # our number -> where it lives
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -85,6 +101,9 @@ class ClusterRoom(Room):
         await self.history.follow(self._on_record, after=await self.history.last_sequence())
         await self.cluster.subscribe("system", self._on_system)
         await self.cluster.subscribe("typing", self._on_typing)
+        await self.cluster.subscribe("offers", self._on_offer)
+        self.cluster.handle("private")(self._on_whisper)
+        self.cluster.handle("piece")(self._on_piece)
         self.cluster.on_presence = self._on_presence
 
     async def stopped(self) -> None:
@@ -172,6 +191,10 @@ class ClusterRoom(Room):
                     relay.ended = True
                     self._typing_changed(relay)
                     del self._remote_typing[origin, author]
+            for number, remote in list(self._remote_offers.items()):
+                if remote.owner == key:  # as on one server: gone with its owner
+                    del self._remote_offers[number]
+                    self.offers.pop(number, None)
         self._users()
 
     # -- messages -------------------------------------------------------------------------------
@@ -278,6 +301,117 @@ class ClusterRoom(Room):
             self._remote_typing[origin, author] = relay
         relay.text = p.clean_text(text)
         self._typing_changed(relay)
+
+    # -- private messages -----------------------------------------------------------------------
+
+    def whisper(self, member: Member, to: str, content: str, *, key: str | None) -> Any:
+        if self.find(to) is not None:
+            return super().whisper(member, to, content, key=key)
+        folded = to.casefold()
+        name = next((k for k in self.cluster.presence if k.casefold() == folded), None)
+        if name is None:
+            return FastReply.BAD_REQUEST
+        return self._whisper(member, name, content, key)
+
+    async def _whisper(self, member: Member, name: str, content: str, key: str | None) -> int:
+        payload = {"date": self.now(), "author": member.name, "to": name, "content": content}
+        try:
+            reply = await self.cluster.request(name, p.PRIVATE_UP([payload, key]))
+        except NotConnectedError:  # gone since the presence said otherwise: unknown, as here
+            return FastReply.BAD_REQUEST
+        except ClusterError as error:
+            logger.warning("a private message to %s was not sent: %s", name, error)
+            return FastReply.INTERNAL_ERROR
+        if reply.data != b"ok":
+            return FastReply.BAD_REQUEST
+        if not member.left:
+            self.publish(p.PRIVATE_DOWN, payload, to=[member], key=key)
+        return FastReply.ACCEPT
+
+    async def _on_whisper(self, connection: Connection, data: bytes) -> bytes:
+        """Another server's member writes to one of ours (``connection``, bound to the name)."""
+        value = _unpack(data)
+        target = self.member(connection)
+        if target is None or not (isinstance(value, list) and len(value) == 2):
+            return b""
+        payload, key = value
+        if not (isinstance(payload, dict) and isinstance(key, str | None)):
+            return b""
+        author, content = payload.get("author"), payload.get("content")
+        if not (isinstance(author, str) and p.is_valid_message(content)):
+            return b""
+        clean = {"date": payload.get("date"), "author": author, "to": target.name}
+        self.publish(p.PRIVATE_DOWN, {**clean, "content": content}, to=[target], key=key)
+        return b"ok"
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def offer(self, member: Member, name: str, size: int) -> Offer:
+        offer = super().offer(member, name, size)
+        self._publish("offers", [member.name, offer.id, name, size, offer.date])
+        return offer
+
+    def _on_offer(self, data: bytes, origin: str) -> None:
+        value = _unpack(data)
+        if not (isinstance(value, list) and len(value) == 5):
+            return
+        owner, number, name, size, date = value
+        if not (
+            isinstance(owner, str)
+            and isinstance(number, int)
+            and isinstance(size, int)
+            and size >= 0
+            and isinstance(date, str)
+        ):
+            return
+        name = p.clean_file_name(name)
+        offer = super().offer(cast(Member, _Typist(owner)), name, size)
+        offer.date = date
+        self._remote_offers[offer.id] = _Remote(owner, number)
+        meta = {"file": offer.id, "date": date, "author": owner}
+        self.publish(p.OFFER_DOWN, {**meta, "name": name, "size": size})
+
+    def ask_piece(
+        self, offer: Offer, offset: int, size: int, *, timeout: float
+    ) -> Coroutine[Any, Any, bytes]:
+        remote = self._remote_offers.get(offer.id)
+        if remote is None:
+            return super().ask_piece(offer, offset, size, timeout=timeout)
+        return self._remote_piece(remote, offset, size, timeout)
+
+    async def _remote_piece(self, remote: _Remote, offset: int, size: int, timeout: float) -> bytes:
+        asked = p.PIECE({"file": remote.file, "offset": offset, "size": size})
+        try:
+            reply = await self.cluster.request(remote.owner, asked, timeout=timeout)
+        except ClusterError:
+            raise PieceError("its owner left or stopped answering") from None
+        if reply.fast_reply is not None or len(reply.data) != size:
+            raise PieceError("its owner could not read it")
+        return reply.data
+
+    async def _on_piece(self, connection: Connection, data: bytes) -> bytes:
+        """Another server relays one of our offers: a piece of it, read as for a member here
+        (nothing, which the asker takes as a failure, for anything but the owner's own)."""
+        value = _unpack(data)
+        if not isinstance(value, dict):
+            return b""
+        number, offset, size = value.get("file"), value.get("offset"), value.get("size")
+        offer = self.offers.get(number) if isinstance(number, int) else None
+        if (
+            offer is None
+            or offer.id in self._remote_offers
+            or offer.owner.connection is not connection
+            or not isinstance(offset, int)
+            or not isinstance(size, int)
+            or not (offset >= 0 and 0 < size <= p.PIECE_SIZE and offset + size <= offer.size)
+        ):
+            return b""
+        try:
+            return await super().ask_piece(
+                offer, offset, size, timeout=self.cluster.request_timeout
+            )
+        except PieceError:
+            return b""
 
 
 def _unpack(data: bytes) -> Any:

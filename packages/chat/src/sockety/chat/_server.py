@@ -20,8 +20,11 @@ The seam (where a cluster layer plugs in): all the room's state and every fan-ou
 - A room across servers (``sockety.chat._cluster.ClusterRoom``) also uses ``cluster_link``,
   ``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and ``since``: in one
   process they publish, rename and do nothing.
+- ``Room.whisper(member, to, content, key=...)``: a private message to the member named ``to``
+  (and its echo to the sender); BadRequest when nobody has that name.
 - ``Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered for the
-  room); ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
+  room); ``Room.ask_piece(offer, offset, size, timeout=...)`` asks its owner for one piece;
+  ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
   piece by piece, only as fast as that receiver takes it (so one slow receiver holds nothing but
   its own copy, and a receiver stalled for ``stall`` seconds loses only its own transfer).
 
@@ -37,7 +40,7 @@ import logging
 import secrets
 import ssl as ssl_module
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -61,7 +64,7 @@ from sockety.server import (
 
 from . import _protocol as p
 
-__all__ = ["ChatServer", "Member", "Offer", "Room"]
+__all__ = ["ChatServer", "Member", "Offer", "PieceError", "Room"]
 
 logger = logging.getLogger("sockety.chat.server")
 
@@ -394,6 +397,18 @@ class Room:
     def since(self, member: Member, after: int) -> None:
         """The client saw the room's messages up to sequence ``after`` (clustered rooms)."""
 
+    def whisper(self, member: Member, to: str, content: str, *, key: str | None) -> Any:
+        """A private message: ACCEPT (or an awaitable of the answer), BAD_REQUEST when nobody
+        is called ``to``."""
+        target = self.find(to)
+        if target is None:
+            return FastReply.BAD_REQUEST
+        payload = {"date": self.now(), "author": member.name, "to": target.name}
+        payload["content"] = content
+        recipients = [target] if target is member else [target, member]
+        self.publish(p.PRIVATE_DOWN, payload, to=recipients, key=key)
+        return FastReply.ACCEPT
+
     # -- files -----------------------------------------------------------------------------------
 
     def offer(self, member: Member, name: str, size: int) -> Offer:
@@ -401,6 +416,33 @@ class Room:
         offer = Offer(self._next_offer, member, name, size, self.now())
         self.offers[offer.id] = offer
         return offer
+
+    def ask_piece(
+        self, offer: Offer, offset: int, size: int, *, timeout: float
+    ) -> Coroutine[Any, Any, bytes]:
+        """Asks ``offer``'s owner for ``size`` bytes at ``offset`` now (several may be asked
+        ahead); the coroutine gives them, or raises :class:`PieceError` saying why not."""
+        try:
+            request = offer.owner.connection.request(
+                p.PIECE({"file": offer.id, "offset": offset, "size": size})
+            )
+        except SocketyError:
+            raise PieceError("its owner left") from None
+        return _piece_of(request, size, timeout)
+
+
+class PieceError(Exception):
+    """A piece of an offered file could not be had from its owner (the message says why)."""
+
+
+async def _piece_of(request: Request, size: int, timeout: float) -> bytes:
+    try:
+        reply = await request.response(timeout=timeout)
+    except SocketyError:
+        raise PieceError("its owner left or stopped answering") from None
+    if not isinstance(reply, Response) or len(reply.data) != size:
+        raise PieceError("its owner could not read it")
+    return bytes(reply.data)
 
 
 async def _drain_within(connection: Connection, limit: float) -> bool:
@@ -602,21 +644,16 @@ class ChatServer:
         self.room.since(*plain)
         return FastReply.ACCEPT
 
-    def _on_private(self, message: Message) -> int:
+    def _on_private(self, message: Message) -> Any:
         plain = self._plain(message)
         if plain is None or not isinstance(plain[1], dict):
             return self._reject(message)
         member, data = plain
         key, to, content = data.get("id"), data.get("to"), data.get("content")
-        target = self.room.find(to) if isinstance(to, str) else None
-        if target is None or not p.is_valid_message(content):
+        if not isinstance(to, str) or not p.is_valid_message(content):
             return FastReply.BAD_REQUEST
-        payload = {"date": self.room.now(), "author": member.name, "to": target.name}
-        payload["content"] = content
-        recipients = [target] if target is member else [target, member]
         key = f"{member.name}/{key}" if isinstance(key, str) and key else None
-        self.room.publish(p.PRIVATE_DOWN, payload, to=recipients, key=key)
-        return FastReply.ACCEPT
+        return self.room.whisper(member, to, content, key=key)
 
     async def _on_typing(self, message: Message) -> int:
         member = self.room.member(message.connection)
@@ -662,7 +699,7 @@ class ChatServer:
         offer = self.room.offers.get(number) if isinstance(number, int) else None
         if offer is None or offer.owner is member:
             return FastReply.BAD_REQUEST
-        relay = _FileRelay(offer, stall=self._stall)
+        relay = _FileRelay(offer, self.room.ask_piece, stall=self._stall)
         meta = {"file": offer.id, "date": offer.date, "author": offer.owner.name}
         try:
             transfer = member.connection.send_nowait(
@@ -693,10 +730,6 @@ class ChatServer:
         return FastReply.ACCEPT
 
 
-class _RelayError(Exception):
-    pass
-
-
 _STALLED = "the receiver took nothing"
 
 
@@ -706,39 +739,31 @@ class _FileRelay:
     receiver's connection takes it (the core pulls ``pieces()`` only when it can write)."""
 
     offer: Offer
+    ask: Callable[..., Coroutine[Any, Any, bytes]]  # Room.ask_piece
     stall: float
     failure: str = ""
     last: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
     async def pieces(self) -> AsyncIterator[bytes]:
         offer = self.offer
-        owner = offer.owner.connection
-        asked: deque[tuple[int, Request]] = deque()
+        asked: deque[Coroutine[Any, Any, bytes]] = deque()
         offset = 0
         loop = asyncio.get_running_loop()
-        while offset < offer.size or asked:
-            while len(asked) < _PIECES_AHEAD and offset < offer.size:
-                size = min(p.PIECE_SIZE, offer.size - offset)
-                try:
-                    request = owner.request(
-                        p.PIECE({"file": offer.id, "offset": offset, "size": size})
-                    )
-                except SocketyError:
-                    self.failure = "its owner left"
-                    raise _RelayError(self.failure) from None
-                asked.append((size, request))
-                offset += size
-            size, request = asked.popleft()
-            try:
-                reply = await request.response(timeout=self.stall)
-            except SocketyError:
-                self.failure = "its owner left or stopped answering"
-                raise _RelayError(self.failure) from None
-            if not isinstance(reply, Response) or len(reply.data) != size:
-                self.failure = "its owner could not read it"
-                raise _RelayError(self.failure)
-            self.last = loop.time()
-            yield bytes(reply.data)
+        try:
+            while offset < offer.size or asked:
+                while len(asked) < _PIECES_AHEAD and offset < offer.size:
+                    size = min(p.PIECE_SIZE, offer.size - offset)
+                    asked.append(self.ask(offer, offset, size, timeout=self.stall))
+                    offset += size
+                piece = await asked.popleft()
+                self.last = loop.time()
+                yield piece
+        except PieceError as error:
+            self.failure = str(error)
+            raise
+        finally:
+            for waiting in asked:  # an aborted transfer: what was asked ahead is not awaited
+                waiting.close()
 
     async def watch(self, transfer: Transfer) -> str:
         """Waits for the end of the transfer, or until the receiver took nothing for ``stall``
