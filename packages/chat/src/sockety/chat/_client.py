@@ -280,6 +280,7 @@ class ChatClient:
         self._stopped = asyncio.Event()
         self._logged_in = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._downloads: set[asyncio.Task[Any]] = set()  # handlers writing a file we asked for
         self._session = secrets.token_hex(6)
         self._sequence = 0
         self._outbox: deque[_Pending] = deque()
@@ -387,6 +388,10 @@ class ChatClient:
         """Leaves the chat (closes the connection) and ends :meth:`run`."""
         self._stopped.set()
         self._end_typing()
+        # Downloads under way stop now (their partial files are removed), rather than run on
+        # through the close's grace period: leaving means leaving.
+        for download in list(self._downloads):
+            download.cancel()
         connection = self._connection
         if connection is not None:
             with contextlib.suppress(SocketyError):
@@ -746,6 +751,10 @@ class ChatClient:
             self._emit(FileUpdated(file))
 
     async def _receive_file(self, message: Message, data: dict[Any, Any]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._downloads.add(task)
+            task.add_done_callback(self._downloads.discard)
         source = message.files[0]
         number = data.get("file")
         file = self.files.get(number) if isinstance(number, int) else None
