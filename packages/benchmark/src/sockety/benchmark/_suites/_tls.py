@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import ClassVar
 
-__all__ = ["TestCertificates"]
+__all__ = ["OverTls", "TestCertificates"]
 
 
 class TestCertificates:
@@ -37,3 +38,22 @@ class TestCertificates:
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(Path(self.directory) / "ca.pem"))
+
+
+class OverTls:
+    """Mixed in before a TCP suite whose ``server_ssl``/``client_ssl`` return None: the same
+    suite over TLS, with certificates made for it (the suite's name names their folder)."""
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.certificates = TestCertificates(self.name)
+
+    def prepare(self, workdir: Path) -> None:
+        self.certificates.prepare(workdir)
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        return self.certificates.server_context()
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        return self.certificates.client_context()

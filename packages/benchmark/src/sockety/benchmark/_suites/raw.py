@@ -6,7 +6,6 @@ import asyncio
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -25,7 +24,7 @@ from .._raw import (
     RawServerProtocol,
 )
 from .._suite import Connection, Suite
-from ._tls import TestCertificates
+from ._tls import OverTls
 
 __all__ = ["RawConnection", "RawSuite", "RawTlsSuite"]
 
@@ -104,25 +103,13 @@ class RawSuite(Suite):
         return RawConnection(protocol)
 
 
-class RawTlsSuite(RawSuite):
+class RawTlsSuite(OverTls, RawSuite):
     """The same ceiling over TLS (the ssl module through asyncio's transport, as Sockety's): what
     TLS itself costs, so that Sockety over TLS is measured against its own limit."""
 
     name = "tls-ceiling"
     description = "raw-Python ceiling over TLS (same framing and buffers; trustme certificates)"
     order = 1
-
-    def __init__(self) -> None:
-        self.certificates = TestCertificates("tls-ceiling")
-
-    def prepare(self, workdir: Path) -> None:
-        self.certificates.prepare(workdir)
-
-    def server_ssl(self) -> ssl.SSLContext | None:
-        return self.certificates.server_context()
-
-    def client_ssl(self) -> ssl.SSLContext | None:
-        return self.certificates.client_context()
 
 
 SUITES = [RawSuite(), RawTlsSuite()]

@@ -24,7 +24,7 @@ from .._cases import ALL_CASE_NAMES, REGULAR_RESPONSE
 from .._net import bind_socket, forever
 from .._paced import nagle_on, write_paced
 from .._suite import Connection, Suite
-from ._tls import TestCertificates
+from ._tls import OverTls
 
 __all__ = ["PacedClient", "SocketyBenchConnection", "SocketyTcpSuite", "SocketyTlsSuite"]
 
@@ -232,22 +232,10 @@ class SocketyTcpSuite(Suite):
         return SocketyBenchConnection(client, open_paced)
 
 
-class SocketyTlsSuite(SocketyTcpSuite):
+class SocketyTlsSuite(OverTls, SocketyTcpSuite):
     name = "sockety-tls"
     description = "Sockety over TLS (certificates from a test CA made by trustme)"
     order = 11
-
-    def __init__(self) -> None:
-        self.certificates = TestCertificates("sockety-tls")
-
-    def prepare(self, workdir: Path) -> None:
-        self.certificates.prepare(workdir)
-
-    def server_ssl(self) -> ssl.SSLContext | None:
-        return self.certificates.server_context()
-
-    def client_ssl(self) -> ssl.SSLContext | None:
-        return self.certificates.client_context()
 
 
 SUITES = [SocketyTcpSuite(), SocketyTlsSuite()]
