@@ -304,7 +304,7 @@ def test_a_peer_that_never_reads_answers_cannot_grow_our_memory() -> None:
                 with contextlib.suppress(TimeoutError):  # it may block: we stopped reading
                     await asyncio.wait_for(loop.sock_sendall(sock, wire), 2)
                 connection = await accepted.get()
-                await until(lambda: connection._backlog_paused)  # no event says so
+                await until(lambda: connection.backlog_paused)  # no event says so
                 assert connection.bytes_sent < 64 * 1024 * 1024  # far from 20,000 answers
                 peak = tracemalloc.get_traced_memory()[1]
                 sock.close()

@@ -160,6 +160,17 @@ class Sender(Receiver):
         return len(self._out) + self._chunks_size
 
     @property
+    def has_output(self) -> bool:
+        """Whether ``data_to_send`` has bytes ready (not counting queued content)."""
+        return bool(self._out) or bool(self._chunks)
+
+    @property
+    def holds_views(self) -> bool:
+        """Whether the ready output includes views of large payloads, which must stay unchanged
+        until written (write them out before the caller may reuse its buffers)."""
+        return bool(self._chunks)
+
+    @property
     def has_queued(self) -> bool:
         """Whether content is queued that ``data_to_send`` has not produced yet."""
         return bool(self._ring)

@@ -45,6 +45,84 @@ class ClusterLink(Protocol):
     def disconnected(self, connection: Connection) -> None: ...
 
 
+class _Registry:
+    """The server as its connections see it: admission, and what it is told as each one opens,
+    fails its TLS handshake or closes. Its one seam with them (they never see the server's
+    other parts); the server reads ``connections`` and sets ``closing``."""
+
+    def __init__(
+        self,
+        *,
+        ssl: ssl_module.SSLContext | None,
+        on_connect: Callable[[Connection], Any] | None,
+        on_disconnect: Callable[[Connection], Any] | None,
+        on_refused: Callable[[Connection], Any] | None,
+        on_handshake_failed: Callable[[Connection], Any] | None,
+        max_connections: int | None,
+        observer: ServerObserver | None,
+        cluster: ClusterLink | None,
+    ) -> None:
+        #: The TLS context each connection runs its handshake with (None: plain TCP).
+        self.ssl = ssl
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._on_refused = on_refused
+        self._on_handshake_failed = on_handshake_failed
+        self._max_connections = max_connections
+        self._observer = observer
+        self._cluster = cluster
+        #: The admitted connections (not yet closed).
+        self.connections: set[Connection] = set()
+        #: Set once the server closes: no connection is admitted any more.
+        self.closing = False
+
+    def admit(self, connection: Connection) -> bool:
+        """Admits (registers) a new connection, or refuses it when full or closing."""
+        if self.closing or (
+            self._max_connections is not None and len(self.connections) >= self._max_connections
+        ):
+            if self._observer is not None:
+                self._observer.on_refused(connection.remote_address)
+            if self._on_refused is not None:
+                self._on_refused(connection)
+            return False
+        self.connections.add(connection)
+        return True
+
+    def opened(self, connection: _ServerConnection) -> None:
+        connection.announced = True
+        if self._observer is not None:
+            self._observer.on_connect(connection)
+        if self._cluster is not None:
+            self._cluster.connected(connection)
+        if self._on_connect is not None:
+            self._on_connect(connection)
+
+    def handshake_failed(self, connection: _ServerConnection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            logger.info(
+                "TLS handshake with %s failed: %s",
+                _format(connection.remote_address),
+                connection.close_reason,
+            )
+            reason = connection.close_reason
+            if self._observer is not None and reason is not None:
+                self._observer.on_handshake_failed(connection.remote_address, reason)
+            if self._on_handshake_failed is not None:
+                self._on_handshake_failed(connection)
+
+    def disconnected(self, connection: _ServerConnection, reason: ConnectionClosedError) -> None:
+        if connection.announced and connection in self.connections:
+            self.connections.discard(connection)
+            if self._observer is not None:
+                self._observer.on_close(connection, reason)
+            if self._cluster is not None:
+                self._cluster.disconnected(connection)
+            if self._on_disconnect is not None:
+                self._on_disconnect(connection)
+
+
 class Server:
     """A listening Sockety server. Make one with :func:`serve`."""
 
@@ -78,21 +156,23 @@ class Server:
             observer.on_serve(handler)
             if handler is not None and observer.observes_messages:
                 handler = observed(handler, observer)
-        self._observer = observer
         self._handler = handler
         self._cluster = cluster
-        self._ssl = ssl
-        self._on_connect = on_connect
-        self._on_disconnect = on_disconnect
-        self._on_refused = on_refused
-        self._on_handshake_failed = on_handshake_failed
-        self._max_connections = max_connections
+        self._registry = _Registry(
+            ssl=ssl,
+            on_connect=on_connect,
+            on_disconnect=on_disconnect,
+            on_refused=on_refused,
+            on_handshake_failed=on_handshake_failed,
+            max_connections=max_connections,
+            observer=observer,
+            cluster=cluster,
+        )
         #: The memory all connections share (None without ``max_memory``).
         self.memory: MemoryPool | None = None
         if max_memory is not None:
             self.memory = options["pool"] = MemoryPool(max_memory)
         self._options = options
-        self._connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._addresses: list[Any] = []
         self._closing: asyncio.Task[None] | None = None
@@ -133,54 +213,8 @@ class Server:
                 raise
 
     def _make_connection(self) -> Connection:
-        connection = _ServerConnection(self, self._handler, **self._options)
+        connection = _ServerConnection(self, self._registry, self._handler, **self._options)
         return connection
-
-    def _connected(self, connection: Connection) -> bool:
-        """Admits (registers) a new connection, or refuses it when full or closing."""
-        if self._closing is not None or (
-            self._max_connections is not None and len(self._connections) >= self._max_connections
-        ):
-            if self._observer is not None:
-                self._observer.on_refused(connection.remote_address)
-            if self._on_refused is not None:
-                self._on_refused(connection)
-            return False
-        self._connections.add(connection)
-        return True
-
-    def _opened(self, connection: _ServerConnection) -> None:
-        connection.announced = True
-        if self._observer is not None:
-            self._observer.on_connect(connection)
-        if self._cluster is not None:
-            self._cluster.connected(connection)
-        if self._on_connect is not None:
-            self._on_connect(connection)
-
-    def _handshake_failed(self, connection: _ServerConnection) -> None:
-        if connection in self._connections:
-            self._connections.discard(connection)
-            logger.info(
-                "TLS handshake with %s failed: %s",
-                _format(connection.remote_address),
-                connection.close_reason,
-            )
-            reason = connection.close_reason
-            if self._observer is not None and reason is not None:
-                self._observer.on_handshake_failed(connection.remote_address, reason)
-            if self._on_handshake_failed is not None:
-                self._on_handshake_failed(connection)
-
-    def _disconnected(self, connection: _ServerConnection, reason: ConnectionClosedError) -> None:
-        if connection.announced and connection in self._connections:
-            self._connections.discard(connection)
-            if self._observer is not None:
-                self._observer.on_close(connection, reason)
-            if self._cluster is not None:
-                self._cluster.disconnected(connection)
-            if self._on_disconnect is not None:
-                self._on_disconnect(connection)
 
     @property
     def addresses(self) -> list[Any]:
@@ -199,7 +233,7 @@ class Server:
     @property
     def connections(self) -> frozenset[Connection]:
         """The open connections."""
-        return frozenset(self._connections)
+        return frozenset(self._registry.connections)
 
     @property
     def cluster(self) -> ClusterLink | None:
@@ -219,10 +253,10 @@ class Server:
         ``where(connection)`` is true. Returns how many it was sent to; closing connections are
         skipped."""
         sent = 0
-        for connection in list(self._connections):
+        for connection in list(self._registry.connections):
             if where is not None and not where(connection):
                 continue
-            if connection.closed or connection._closing:
+            if connection.closed or connection.closing:
                 continue
             connection.send_nowait(message)
             sent += 1
@@ -243,13 +277,14 @@ class Server:
         within ``timeout`` seconds (default: the connections' ``close_timeout``), then closes.
         Idempotent; await the result (or :meth:`wait_closed`) to wait for the end."""
         if self._closing is None:
+            self._registry.closing = True
             self._closing = asyncio.get_running_loop().create_task(self._close(timeout))
         return self._closing
 
     async def _close(self, timeout: float | None) -> None:
         if self._server is not None:
             self._server.close()
-        connections = list(self._connections)
+        connections = list(self._registry.connections)
         logger.info("closing: %d connection(s) to drain", len(connections))
         await asyncio.gather(*(c.close(timeout) for c in connections), return_exceptions=True)
         if self._server is not None:
@@ -277,33 +312,41 @@ class Server:
 class _ServerConnection(Connection):
     """A connection that registers itself with its server (and runs its TLS handshake)."""
 
-    def __init__(self, server: Server, handler: Handler | None, **options: Any) -> None:
+    def __init__(
+        self, server: Server, registry: _Registry, handler: Handler | None, **options: Any
+    ) -> None:
         super().__init__(handler, **options)
         self._server = server
+        self._registry = registry
         self._handshake_timeout: float | None = options.get("open_timeout", 10.0)
         #: Whether on_connect was told (only such connections are told about their close).
         self.announced = False
         self._tls_started = False
+
+    @property
+    def server(self) -> Server:
+        """The server that accepted it."""
+        return self._server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Admission first: a refused peer gets no Sockety header (nor a TLS handshake), so its
         # connect() fails instead of succeeding and then losing the connection.
         if self._tls_started:  # the handshake is over: the TLS transport
             super().connection_made(transport)
-            self._server._opened(self)
+            self._registry.opened(self)
             return
         tcp = cast(asyncio.Transport, transport)
         peer = tcp.get_extra_info("peername")
-        self._remote_address = peer  # for the logs and the observer, before connection_made
-        if not self._server._connected(self):
+        self.set_remote_address(peer)  # for the logs and the observer, before connection_made
+        if not self._registry.admit(self):
             logger.warning("refusing connection from %s: server full or closing", _format(peer))
-            self._set_error(ConnectionClosedError("server full or closing", kind="refused"))
+            self.fail(ConnectionClosedError("server full or closing", kind="refused"))
             tcp.abort()
             return
-        context = self._server._ssl
+        context = self._registry.ssl
         if context is None:
             super().connection_made(transport)
-            self._server._opened(self)
+            self._registry.opened(self)
             return
         # The handshake, run here rather than by create_server(ssl=...): after admission, and
         # within open_timeout. The TLS protocol goes in at once, before the first read
@@ -331,22 +374,22 @@ class _ServerConnection(Connection):
             self._tls_failed(error)
 
     def _tls_failed(self, error: BaseException | None) -> None:
-        self._set_error(
+        # (never connected: nothing pending but its futures)
+        self.fail(
             ConnectionLostError(
                 f"TLS handshake failed: {error or 'the peer closed the connection'}",
                 error,
                 kind="tls_error",
             )
         )
-        self._shutdown()  # (never connected: nothing pending but its futures)
-        self._server._handshake_failed(self)
+        self._registry.handshake_failed(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         reason = self.close_reason
         assert reason is not None  # set by the connection before it calls back
         logger.debug("connection from %s closed: %s", _format(self.remote_address), reason)
-        self._server._disconnected(self, reason)
+        self._registry.disconnected(self, reason)
 
 
 def _tls_protocol(loop: asyncio.AbstractEventLoop) -> Any:
@@ -361,7 +404,7 @@ def _tls_protocol(loop: asyncio.AbstractEventLoop) -> Any:
 def server_of(connection: Connection) -> Server | None:
     """The server a connection was accepted by (None for a client's connection): how a
     handler reaches its server, e.g. ``server_of(message.connection).cluster``."""
-    return connection._server if isinstance(connection, _ServerConnection) else None
+    return connection.server if isinstance(connection, _ServerConnection) else None
 
 
 def _format(address: Any) -> str:

@@ -1,18 +1,23 @@
-"""The asyncio connection: an ``asyncio.Protocol`` around the sans-IO core.
+"""The asyncio connection: the ``asyncio.BufferedProtocol`` that composes the parts around the
+sans-IO core, and the user API of a connection (send, request, close, counters).
 
-Writes: everything produced while handling one read, or in one loop turn, goes out in a single
-transport write. The first output of a turn outside of a read is written at once (lowest latency
-for a lone request); what follows in the same turn is coalesced and written at the end of it.
-Large content is pulled from the core at most ``write_budget`` bytes per turn and only while the
-transport is not paused, so big transfers are paced and never starve small messages.
+The parts, each in its own module (the module map is in packages/core/README.md):
+    * ``_output.Output``: writes — coalescing, pacing (``write_budget``), drain, write timeout.
+    * ``_flow.ReadFlow``: read-side flow control — pause/resume reading by what waits unconsumed.
+    * ``_port.Port``: what messages, responses, streams and transfers see of their connection.
+    * ``_dispatch.Dispatch``: the core's events to handlers, the inbox and our requests.
+    * ``_input.Input``: reads — the read buffer, in-place payload reads, quick ACKs.
+    * ``_files``: files sent from memory, disk or iterators.
 
-Reads: stream and file chunks wait in their readers until consumed; past ``max_receive_buffer``
-bytes waiting (or ``max_queued_messages`` unconsumed messages) reading pauses until the
-application catches up, so a slow consumer bounds memory instead of growing it.
+This class keeps what concerns the connection as a whole: its options, the socket's setup, the
+liveness timers (open, header and idle timeouts, heartbeats) and the lifecycle. ``close()``
+sends Go Away, lets in-flight exchanges finish within the grace period, then closes the socket.
+Whatever ends the connection, every pending request, stream and file fails promptly with a
+:class:`ConnectionClosedError` (or subclass) that says why.
 
-Lifecycle: ``close()`` sends Go Away, lets in-flight exchanges finish within the grace period,
-then closes the socket. Whatever ends the connection, every pending request, stream and file
-fails promptly with a :class:`ConnectionClosedError` (or subclass) that says why.
+Subclassing (``allow_interpreted_subclasses``; the server's connection does): override the
+``asyncio.Protocol`` methods calling ``super()``; ``set_remote_address`` and ``fail`` serve a
+socket that is accepted but not yet (or never) made a connection.
 """
 
 from __future__ import annotations
@@ -20,13 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
-import inspect
-import logging
 import socket
 import ssl
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -34,59 +35,19 @@ from mypy_extensions import mypyc_attr
 
 from .. import _connection as _core
 from .._budget import MemoryPool
-from .._constants import FastReply
-from .._errors import (
-    AbortedError,
-    ConnectionClosedError,
-    ConnectionLostError,
-    FileSizeError,
-    GoingAwayError,
-    RemoteProtocolError,
-)
-from .._events import (
-    Aborted,
-    ConnectionClosed,
-    ConnectionOpened,
-    FastReplyReceived,
-    FileChunkReceived,
-    FileEnded,
-    GoAwayReceived,
-    HeartbeatReceived,
-    MessageReceived,
-    ResponseReceived,
-    StreamChunkReceived,
-    StreamEnded,
-)
+from .._errors import ConnectionClosedError, ConnectionLostError
 from .._ids import new_id
-from ._drafts import FileTransfer, Outgoing
-from ._exchanges import Incoming, Message, Request, Response, Transfer, _MultiRequest
+from ._dispatch import Dispatch, Handler
+from ._drafts import Outgoing
+from ._exchanges import Message, Request, RequestPort, Transfer, _MultiRequest, start
+from ._flow import ReadFlow
+from ._input import Input
+from ._output import Output
+from ._port import Port
 
 __all__ = ["OPTIONS", "Connection", "Handler", "check_options"]
 
-logger = logging.getLogger("sockety")
-
-#: A message handler: called with each message; may return a fast-reply code, None, or an
-#: awaitable of either (then it runs as a task).
-Handler = Callable[[Message], Any]
-
-_FILE_CHUNK = 256 * 1024  # read size for files sent from disk or iterators
-_HANDOFF_EVERY = 16  # events of one read whose answers are written together (see _process)
-_HANDOFF_MASK = _HANDOFF_EVERY - 1
-# After this much message data in one piece, reads are parsed _HEADER_READ bytes at a time until
-# more message data starts (see buffer_updated): a Switch Channel and a Data header, or a whole
-# small Message header, with little payload to copy.
-_BULK_DATA = 16 * 1024
-_HEADER_READ = 64
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux, macOS
-# Acknowledge at once, not after the delayed-ACK timer (40 ms at the least on Linux). A peer with
-# Nagle's algorithm on (Node.js sockets by default) holds a small segment until its previous
-# one is acknowledged; if it writes a request's last small packets a moment after the rest, each
-# waits for our delayed ACK: 40 ms a request (p50 45 ms against 2 ms, sockety-bench nagle-1m).
-# Set after a read that took less than it could (the socket is drained: the peer is not sending
-# more now) and left an exchange unfinished, which is when a peer can be waiting for that ACK.
-# Reads that fill the buffer (bulk arriving faster than we read) and reads that end on a whole
-# message (small requests) skip the syscall.
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 # Content packets over TLS when max_packet_size is not given (the core's default is 128 KiB).
 # TLS moves bulk about a third as fast as TCP, so each packet written ahead of a small message
 # holds it three times as long, and the cost per packet is small next to encryption.
@@ -94,35 +55,8 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 # upload 1.9-2.8x the unloaded one instead of 3.5-5.0x (and 55% more small requests served
 # meanwhile); 1 MiB data, 4 MiB data and 1 MiB files as fast (within the runs' spread).
 _TLS_PACKET_SIZE = 64 * 1024
-_KNOWN_CODES = tuple(FastReply)
 # The protocol allows an empty action name (drafts do not: it is reserved for this).
 _PING = Outgoing(b"", b"", (), False)
-
-
-def _closed_handler(event: object) -> None:
-    pass  # events that come after the connection closed (none should) are dropped
-
-
-_CLOSED_HANDLERS: dict[type, Callable[[Any], None]] = {
-    event_type: _closed_handler
-    for event_type in (
-        MessageReceived,
-        FastReplyReceived,
-        ResponseReceived,
-        StreamChunkReceived,
-        StreamEnded,
-        FileChunkReceived,
-        FileEnded,
-        Aborted,
-        HeartbeatReceived,
-        GoAwayReceived,
-        ConnectionOpened,
-        ConnectionClosed,
-    )
-}
-
-
-_KNOWN_COUNT = len(_KNOWN_CODES)
 
 
 #: The keyword options of :class:`Connection` (besides ``handler``): what ``serve()`` and
@@ -255,8 +189,8 @@ class Connection(asyncio.BufferedProtocol):
         # A memory budget shared with other connections (a server's), or None.
         pool: MemoryPool | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._core = _core.Connection(
+        loop = self._loop = asyncio.get_running_loop()
+        core = self._core = _core.Connection(
             channels=channels,
             send_channels=send_channels,
             max_action_size=max_action_size,
@@ -268,89 +202,58 @@ class Connection(asyncio.BufferedProtocol):
             pool=pool,
         )
         self._tls_packets = max_packet_size is None  # see connection_made
-        self._handler = handler
         self._heartbeat_interval = heartbeat_interval
         self._idle_timeout = idle_timeout
         self._open_timeout = open_timeout
         self._header_timeout = header_timeout
-        self._write_timeout = write_timeout
         self._close_timeout = close_timeout
-        self._max_handlers = max_handlers
-        self._max_send_backlog = max_send_backlog
-        self._max_receive_buffer = max_receive_buffer
-        self._max_queued_messages = max_queued_messages
-        self._write_budget = write_budget
-        self._write_buffer_limit = write_buffer_limit
-        self._stream_buffer_limit = stream_buffer_limit
-        self._transport: asyncio.Transport | None = None
-        self._join_free = True  # set in connection_made
-        # Reads land here unless they are message data (see get_buffer).
-        self._read_view = memoryview(bytearray(min(read_buffer_size, 64 * 1024)))
-        self._read_buffer_size = read_buffer_size
         self._socket_buffer_size = socket_buffer_size
         self._notsent_lowat = notsent_lowat
         self._receive_buffer_size = receive_buffer_size
-        self._direct = False  # get_buffer returned a view into message data
-        self._ack_socket: Any = None  # set when the socket can be told to ACK at once
-        self._offered = 0  # the size of the buffer get_buffer gave for the read under way
-        self._bulk = False  # bulk message data came last (see buffer_updated)
-        self._requests: dict[bytes, Request] = {}
-        self._receiving: dict[bytes, Incoming] = {}  # incoming with stream/files unfinished
-        self._pumps: set[asyncio.Task[None]] = set()  # tasks sending files from disk/iterators
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._inbox: deque[Message] = deque()
-        self._inbox_waiter: asyncio.Future[None] | None = None
-        self._opened: asyncio.Future[None] = self._loop.create_future()
-        self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._idle_waiter: asyncio.Future[None] | None = None
-        self._going_away: asyncio.Future[None] = self._loop.create_future()
-        self._progress: asyncio.Future[None] | None = None
-        self._flush_handle: asyncio.Handle | None = None
+        self._transport: asyncio.Transport | None = None
+        # The parts (see the module map in packages/core/README.md): writes, read-side flow
+        # control, the port the exchanges see, event dispatch, reads.
+        output = self._output = Output(
+            loop,
+            core,
+            write_budget=write_budget,
+            write_buffer_limit=write_buffer_limit,
+            stream_buffer_limit=stream_buffer_limit,
+            write_timeout=write_timeout,
+        )
+        flow = self._flow = ReadFlow(
+            max_receive_buffer=max_receive_buffer, max_queued_messages=max_queued_messages
+        )
+        port: RequestPort = Port(self, loop, core, output, flow)
+        self._port = port
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._going_away: asyncio.Future[None] = loop.create_future()
+        dispatch = self._dispatch = Dispatch(
+            port,
+            core,
+            output,
+            flow,
+            handler,
+            max_handlers=max_handlers,
+            max_send_backlog=max_send_backlog,
+            opened=self._opened,
+        )
+        self._input = Input(loop, core, dispatch, read_buffer_size=read_buffer_size)
         self._timer: asyncio.TimerHandle | None = None
-        self._in_receive = False
-        self._write_paused = False
-        self._read_paused = False
-        self._backlog_paused = False  # reading paused because unread answers piled up
-        self._deferred: deque[Message] = deque()  # waiting for one of max_handlers to finish
-        self._held_events: deque[Any] = deque()  # events waiting for that peer to read
-        self._rx_buffered = 0
-        self._last_rx = self._last_tx = self._opened_at = self._loop.time()
+        self._opened_at = loop.time()
         self._header_mark = -1  # the core's header_progress when a partial header was seen
         self._header_since = 0.0
-        self._write_stall: asyncio.TimerHandle | None = None
         self._peer_eof = False  # the peer shut its side down (we may still answer)
         self._eof_clean = True  # ... at a clean boundary (the core's ConnectionClosed.clean)
         self._peer_closing = False  # the peer's Go Away came before we began to close
         self._closing = False
-        self._error: ConnectionClosedError | None = None
+        self._shut = False  # _shutdown ran
         self._close_task: asyncio.Task[None] | None = None
-        #: Traffic counters (read by metrics): bytes, messages received, answers sent.
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.messages_received = 0
-        self.responses_sent = 0
-        self.fast_replies_sent: dict[int, int] = {}
-        #: Replies to requests we no longer wait for (already answered, or unknown): dropped
-        #: as they arrive, their streams and files unbuffered.
-        self.orphan_replies = 0
         #: A slot for the application's own per-connection state (a fresh namespace).
         self.state = SimpleNamespace()
         self._remote_address: Any = None
         self._local_address: Any = None
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            MessageReceived: self._on_message,
-            FastReplyReceived: self._on_fast_reply,
-            ResponseReceived: self._on_response,
-            StreamChunkReceived: self._on_stream_chunk,
-            StreamEnded: self._on_stream_end,
-            FileChunkReceived: self._on_file_chunk,
-            FileEnded: self._on_file_end,
-            Aborted: self._on_aborted,
-            HeartbeatReceived: self._ignore,  # it already refreshed the idle timer
-            GoAwayReceived: self._on_go_away,
-            ConnectionOpened: self._on_opened,
-            ConnectionClosed: self._ignore,  # connection_lost follows
-        }
 
     # -- information --------------------------------------------------------------------------
 
@@ -358,6 +261,12 @@ class Connection(asyncio.BufferedProtocol):
     def remote_address(self) -> Any:
         """The peer's address (``transport.get_extra_info('peername')``)."""
         return self._remote_address
+
+    def set_remote_address(self, address: Any) -> None:
+        """Sets ``remote_address`` before ``connection_made`` (a server knows the peer when it
+        accepts the socket, before admission and its TLS handshake); connection_made sets it
+        again from the transport."""
+        self._remote_address = address
 
     @property
     def local_address(self) -> Any:
@@ -372,32 +281,84 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def closed(self) -> bool:
         """Whether the connection is closed (or failed)."""
-        return self._error is not None
+        return self._port.error is not None
+
+    @property
+    def closing(self) -> bool:
+        """Whether this side began to close (``close()`` was called, or the peer's Go Away
+        made it close): no new messages, in-flight exchanges finishing."""
+        return self._closing
 
     @property
     def close_reason(self) -> ConnectionClosedError | None:
         """Why the connection closed: None while it is open."""
-        return self._error
+        return self._port.error
 
     @property
     def writing_paused(self) -> bool:
         """Whether our output waits for the peer to read (the transport's buffer is full)."""
-        return self._write_paused
+        return self._output.paused
 
     @property
     def reading_paused(self) -> bool:
         """Whether we stopped reading the peer (flow control: its bytes wait in its socket)."""
-        return self._read_paused
+        return self._flow.paused
+
+    @property
+    def backlog_paused(self) -> bool:
+        """Whether reading is paused because the peer does not read the answers its requests
+        made (``max_send_backlog``): its next requests wait in its own socket."""
+        return self._flow.backlog_paused
 
     @property
     def pending_requests(self) -> int:
         """Requests still waiting for their first reply."""
-        return len(self._requests)
+        return len(self._port.requests)
 
     @property
     def channels(self) -> int:
         """How many channels we send on (min of ours and the peer's); 0 before the handshake."""
         return self._core.send_channels
+
+    # Traffic counters (read by metrics): bytes, messages received, answers sent.
+
+    @property
+    def bytes_received(self) -> int:
+        return self._input.bytes_received
+
+    @property
+    def parsed_bytes(self) -> int:
+        """Bytes received that went through the parser: headers, and message data too small to
+        be worth copying apart (the rest was copied once, or read in place)."""
+        return self._input.parsed_bytes
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._output.bytes_sent
+
+    @property
+    def messages_received(self) -> int:
+        return self._dispatch.messages_received
+
+    @property
+    def responses_sent(self) -> int:
+        return self._port.responses_sent
+
+    @property
+    def fast_replies_sent(self) -> dict[int, int]:
+        """Fast replies sent, by code."""
+        return self._port.fast_replies_sent
+
+    @property
+    def orphan_replies(self) -> int:
+        """Replies to requests we no longer wait for (already answered, or unknown): dropped
+        as they arrive, their streams and files unbuffered."""
+        return self._dispatch.orphan_replies
+
+    @property
+    def send_backlog(self) -> int:
+        """Bytes waiting to go to the peer: in the transport's buffer and queued in the core."""
+        return self._output.backlog
 
     async def ping(self, timeout: float | None = None) -> float:
         """The round-trip time to the peer, in seconds: a request for the empty action, which
@@ -413,312 +374,46 @@ class Connection(asyncio.BufferedProtocol):
     def send_nowait(self, message: Outgoing) -> Transfer:
         """Sends a message that expects no response; returns at once (it is written at the end
         of this loop turn). Use the returned transfer for its stream, ``sent()`` or ``abort()``."""
-        return self._start(message, None, False, False)
+        return start(self._port, message, None, False, False)
 
     async def send(self, message: Outgoing) -> Transfer:
         """Sends a message that expects no response and waits until its header, data and files
         were handed to the network (not its stream: write that with the returned transfer)."""
-        transfer = self._start(message, None, False, False)
-        await self._wait_sent(transfer, everything=False)
+        transfer = start(self._port, message, None, False, False)
+        await transfer.wait_sent(everything=False)
         return transfer
 
     def request(self, message: Outgoing, *, multiple: bool = False) -> Request:
         """Sends a message that expects responses. ``await`` the result (or its ``response()``)
         for the first reply; with ``multiple=True`` iterate ``responses()`` for several."""
-        # The hot path of a client, so _start() is inlined here.
-        if self._error is not None or self._transport is None:
-            self._check_open()
+        # The hot path of a client, so start() is inlined here.
+        port = self._port
         raw_id = new_id()
-        try:
-            self._core.send_message(
-                raw_id,
-                message.action,
-                message.data,
-                files=message.header_files,
-                stream=message.stream,
-                expects_response=True,
-            )
-        except GoingAwayError:
-            raise GoingAwayError(
-                "the connection is going away (Go Away sent or received): no new messages"
-            ) from None
-        request = (_MultiRequest if multiple else Request)(self, raw_id, message.stream)
-        self._requests[raw_id] = request
+        port.send_message(raw_id, message, True)
+        request = (_MultiRequest if multiple else Request)(port, raw_id, message.stream)
+        port.requests[raw_id] = request
         if message.files:
-            self._send_files(request, message.files)
-        if self._flush_handle is None and not self._in_receive:
-            self._schedule_flush()
+            request._send_files(message.files)
+        self._output.schedule_flush()
         return request
-
-    def _start(
-        self, outgoing: Outgoing, parent_id: bytes | None, expects_response: bool, multiple: bool
-    ) -> Transfer:
-        if self._error is not None or self._transport is None:
-            self._check_open()
-        raw_id = new_id()
-        core = self._core
-        try:
-            if parent_id is None:
-                core.send_message(
-                    raw_id,
-                    outgoing.action,
-                    outgoing.data,
-                    files=outgoing.header_files,
-                    stream=outgoing.stream,
-                    expects_response=expects_response,
-                )
-            else:
-                core.send_response(
-                    parent_id,
-                    raw_id,
-                    outgoing.data,
-                    files=outgoing.header_files,
-                    stream=outgoing.stream,
-                    expects_response=expects_response,
-                )
-        except GoingAwayError:
-            raise GoingAwayError(
-                "the connection is going away (Go Away sent or received): no new messages"
-            ) from None
-        if expects_response and parent_id is None:
-            transfer: Transfer = (_MultiRequest if multiple else Request)(
-                self, raw_id, outgoing.stream
-            )
-            self._requests[raw_id] = transfer  # type: ignore[assignment]
-        else:
-            transfer = Transfer(self, raw_id, outgoing.stream)
-        if outgoing.files:
-            self._send_files(transfer, outgoing.files)
-        if self._flush_handle is None and not self._in_receive:
-            self._schedule_flush()
-        return transfer
-
-    def _send_files(self, transfer: Transfer, files: tuple[FileTransfer, ...]) -> None:
-        core = self._core
-        raw_id = transfer._raw_id
-        if all(file.content is not None for file in files):
-            for index, file in enumerate(files):
-                if file.content:
-                    core.send_file(raw_id, index, file.content)
-                core.end_file(raw_id, index)
-            return
-        pump = self._loop.create_task(self._pump_files(transfer, files))
-        transfer._pump = pump
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
-
-    async def _pump_files(self, transfer: Transfer, files: tuple[FileTransfer, ...]) -> None:
-        core = self._core
-        raw_id = transfer._raw_id
-        try:
-            for index, file in enumerate(files):
-                sent = 0
-                if file.content is not None:
-                    if file.content:
-                        core.send_file(raw_id, index, file.content)
-                    sent = len(file.content)
-                elif file.path is not None:
-                    with file.path.open("rb") as source:
-                        while chunk := source.read(_FILE_CHUNK):
-                            sent += len(chunk)
-                            if sent > file.size:
-                                break
-                            core.send_file(raw_id, index, chunk)
-                            self._schedule_flush()
-                            await self._writable(raw_id)
-                elif file.source is not None:
-                    async for chunk in file.source:
-                        sent += len(chunk)
-                        if sent > file.size:
-                            break
-                        core.send_file(raw_id, index, bytes(chunk))
-                        self._schedule_flush()
-                        await self._writable(raw_id)
-                if sent != file.size:
-                    raise FileSizeError(
-                        f"file {file.name!r} declared {file.size} bytes but "
-                        f"{'more' if sent > file.size else sent} were given"
-                    )
-                core.end_file(raw_id, index)
-                self._schedule_flush()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # a size mismatch, a read error, or the source's own
-            transfer._error = error
-            if not self.closed and not isinstance(error, ConnectionClosedError):
-                core.abort(raw_id)  # the peer learns the exchange will not complete
-                self._schedule_flush()
-            if isinstance(transfer, Request):
-                transfer._fail(error)
-            logger.warning("sending files of %s failed: %s", transfer.id, error)
-        finally:
-            transfer._pump = None
-
-    def _abort_transfer(self, transfer: Transfer) -> None:
-        raw_id = transfer._raw_id
-        error = AbortedError("aborted by this side", by_peer=False)
-        transfer._error = error
-        if transfer.stream is not None:
-            transfer.stream._error = error
-        if transfer._pump is not None:
-            transfer._pump.cancel()
-        if isinstance(transfer, Request):
-            self._requests.pop(raw_id, None)
-            transfer._fail(error)
-        if not self.closed and self._core.abort(raw_id):
-            self._schedule_flush()
-
-    # -- flow control on the write side --------------------------------------------------------
-
-    def _schedule_flush(self) -> None:
-        if self._flush_handle is not None or self._in_receive:
-            return
-        # First output of this loop turn: write at once; coalesce the rest of the turn.
-        self._flush_handle = self._loop.call_soon(self._flush)
-        self._write()
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        self._write()
-        if self._core.has_queued and not self._write_paused and self._transport is not None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    def _write(self) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        chunks = self._core.data_to_send(0 if self._write_paused else self._write_budget)
-        if chunks:
-            if len(chunks) == 1:
-                transport.write(chunks[0])
-                self.bytes_sent += len(chunks[0])
-            elif self._join_free:
-                transport.writelines(chunks)
-                self.bytes_sent += sum(map(len, chunks))
-            elif transport.get_write_buffer_size():
-                for chunk in chunks:  # appended to the transport's buffer: one copy each
-                    transport.write(chunk)
-                    self.bytes_sent += len(chunk)
-            else:
-                # The first write to an empty buffer is a send() of its own: a packet header
-                # alone would go out as a segment of a few bytes and wake the peer for them.
-                # One write of the lot instead (a view: what send() leaves is copied once).
-                # sockety-bench --loop asyncio, 1 MiB data, 5 interleaved runs: 9 sends per
-                # MB instead of 16, client CPU 409 us/MB instead of 452, 0.57x the ceiling
-                # instead of 0.50x (medians).
-                joined = b"".join(chunks)
-                transport.write(memoryview(joined))
-                self.bytes_sent += len(joined)
-            self._last_tx = self._loop.time()
-        if not self._write_paused:
-            progress = self._progress
-            if progress is not None:
-                self._progress = None
-                if not progress.done():
-                    progress.set_result(None)
-        if self._closing:
-            self._check_idle()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        if self._write_timeout and self._write_stall is None:
-            self._write_stall = self._loop.call_later(self._write_timeout, self._write_stalled)
-
-    def _write_stalled(self) -> None:
-        self._write_stall = None
-        if self._write_paused and self._error is None:
-            self._fail(
-                ConnectionLostError(
-                    f"the peer read nothing for {self._write_timeout:g} s while we had data for it",
-                    kind="write_timeout",
-                )
-            )
-
-    @property
-    def send_backlog(self) -> int:
-        """Bytes waiting to go to the peer: in the transport's buffer and queued in the core."""
-        transport = self._transport
-        core = self._core
-        waiting = core.output_size + core.queued_bytes
-        return waiting + transport.get_write_buffer_size() if transport is not None else waiting
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._write_stall is not None:
-            self._write_stall.cancel()
-            self._write_stall = None
-        if self._held_events:
-            held = list(self._held_events)
-            self._held_events.clear()
-            self._process(held)
-        if self._backlog_paused and not self._held_events:
-            self._backlog_paused = False
-            self._resume_reading()
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    async def _next_progress(self) -> None:
-        # One future for every waiter, shielded: a waiter cancelled (its transfer given up)
-        # must not cancel it for the others.
-        if self._progress is None:
-            self._progress = self._loop.create_future()
-        await asyncio.shield(self._progress)
 
     async def drain(self) -> None:
         """Waits while the transport's write buffer is over its limit (the peer reads slower
         than we write); raises if the connection closed. ``send_nowait`` + ``drain`` is the
         cheapest way to stream many messages with backpressure."""
-        if len(self._core._out) > self._stream_buffer_limit or self._core._chunks:
-            self._write()  # large output goes to the transport now, so its limit applies
-        while self._write_paused and self._error is None:
-            await self._next_progress()
-        self._check_open()
-
-    async def _writable(self, raw_id: bytes) -> None:
-        """Waits while this exchange has too much queued or the transport is paused."""
-        core = self._core
-        if core._chunks or core._out:
-            # Hand what is produced to the transport now, so that its buffer limit (and
-            # pause_writing) sees it: a producer that never yields would otherwise pile its
-            # whole output up before the end-of-turn flush.
-            self._write()
-        while (
-            self._write_paused or core.queued_bytes_for(raw_id) > self._stream_buffer_limit
-        ) and not self.closed:
-            await self._next_progress()
-        self._check_open()
-
-    async def _wait_sent(self, transfer: Transfer, *, everything: bool) -> None:
-        core = self._core
-        raw_id = transfer._raw_id
-        while True:
-            if transfer._error is not None:
-                raise transfer._error
-            self._check_open()
-            if transfer._pump is not None:
-                await asyncio.shield(transfer._pump)
-                continue
-            busy = core.in_progress(raw_id) if everything else core.queued_bytes_for(raw_id) > 0
-            if not busy and not core._out and not core._chunks:
-                return
-            await self._next_progress()
+        await self._output.drain()
+        self._port.check_open()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
-        # uvloop's writelines() writes the list as it is (writev), and so does asyncio's from
-        # 3.12 (sendmsg); over TLS the SSL layer encrypts the list into its own buffer, so
-        # there is no copy to save either. Before 3.12, asyncio's joins the chunks and then
-        # copies what the socket does not take at once: _write does better by itself.
-        tls = transport.get_extra_info("sslcontext") is not None
-        self._join_free = type(transport).writelines is not asyncio.WriteTransport.writelines or tls
-        if tls and self._tls_packets:
+        self._port.attached = True
+        if transport.get_extra_info("sslcontext") is not None and self._tls_packets:
             self._core.set_max_packet_size(_TLS_PACKET_SIZE)
         self._remote_address = transport.get_extra_info("peername")
         self._local_address = transport.get_extra_info("sockname")
-        transport.set_write_buffer_limits(high=self._write_buffer_limit)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             if self._socket_buffer_size:
@@ -729,10 +424,13 @@ class Connection(asyncio.BufferedProtocol):
             if self._notsent_lowat and _NOTSENT_LOWAT is not None:
                 with contextlib.suppress(OSError):  # not a TCP socket (e.g. a Unix one)
                     sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, self._notsent_lowat)
-            if _QUICKACK is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                self._ack_socket = sock
-        self._write()  # our connection header
-        self._last_rx = self._last_tx = self._loop.time()
+        self._flow.attach(transport)
+        self._input.peer = self._remote_address
+        self._input.on_violation = self._fail
+        self._output.on_stall = self._fail
+        self._dispatch.on_go_away = self._peer_going_away
+        self._output.attach(transport)  # writes our connection header
+        self._input.attach(sock)
         self._arm_timer()
 
     def start_timers(self, opened_at: float) -> None:
@@ -741,157 +439,35 @@ class Connection(asyncio.BufferedProtocol):
         self._opened_at = opened_at
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Reads go to a reusable buffer, from which message data is copied once into its own
-        # buffer (see buffer_updated). A payload rest at least as large as that buffer is read
-        # in place instead: a read into the buffer could not go past its end either. A smaller
-        # rest is not: a read stops where its view ends, so every packet's end would cut a
-        # read short (and its next header take one more). With sockety-bench's 64 KiB
-        # receive buffers a 1 MiB message took 23 reads that way and takes 10 now; the copy
-        # costs less than the reads. 1 MiB data, 5 interleaved runs each: 0.64x the ceiling
-        # instead of 0.55x on asyncio and 0.64x instead of 0.56x on uvloop; server CPU per MB
-        # 327 us instead of 394 and 286 us instead of 307.
-        direct = self._core.payload_buffer()
-        if direct is not None and len(direct) >= len(self._read_view):
-            self._direct = True
-            # A read in place stops at what the socket holds, or this much: as a full read
-            # into the read buffer, one at least this large is not a drained socket.
-            self._offered = len(self._read_view)
-            return direct
-        self._direct = False
-        self._offered = len(self._read_view)
-        return self._read_view
+        return self._input.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._last_rx = self._loop.time()
-        self.bytes_received += nbytes
-        core = self._core
-        if self._direct:
-            self._bulk = True
-            events = core.payload_received(nbytes)
-            if events:
-                self._process(events)
-            if nbytes < self._offered and self._ack_socket is not None:
-                self._ack_if_waiting()
-            return
-        view = self._read_view
-        position = 0
-        while True:
-            target = core.payload_buffer()
-            if target is not None:
-                # Message data: copied once, into the message's buffer (the parser would copy
-                # it twice: its input is bytes).
-                size = min(len(target), nbytes - position)
-                target[:size] = view[position : position + size]
-                position += size
-                if size >= _BULK_DATA:
-                    self._bulk = True
-                events = core.payload_received(size)
-                if events:
-                    self._process(events)
-            elif self._bulk:
-                # Bulk message data came last: it probably goes on with the next packet.
-                # Parse about a header's worth, so that its payload is copied from here.
-                end = min(position + _HEADER_READ, nbytes)
-                self.data_received(view[position:end])
-                position = end
-                if end < nbytes and core.payload_buffer() is None:
-                    self._bulk = False  # something else: parse the rest at once
-            else:
-                self.data_received(view[position:nbytes])
-                break
-            if position == nbytes or self._error is not None:
-                break
-        if nbytes == len(view) and nbytes < self._read_buffer_size:
-            # A full read: bulk traffic. Read more at a time from now on.
-            self._read_view = memoryview(bytearray(min(4 * nbytes, self._read_buffer_size)))
-        elif nbytes < self._offered and self._ack_socket is not None:
-            self._ack_if_waiting()
-
-    def _ack_if_waiting(self) -> None:
-        """The read took all there was and left an exchange unfinished: the peer may be holding
-        the rest until we acknowledge what came (see _QUICKACK). The read emptied the kernel's
-        queue, so the ACK goes out now."""
-        if self._core.receiving or self._core.held_bytes:
-            with contextlib.suppress(OSError):
-                self._ack_socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        self._input.buffer_updated(nbytes)
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Feeds bytes from the peer (``buffer_updated`` does; also usable directly)."""
-        try:
-            events = self._core.receive_data(data)
-        except RemoteProtocolError as error:
-            self._process(error.events)  # what arrived intact before the violation
-            logger.info(
-                "closing connection from %s: protocol error: %s", self._remote_address, error
-            )
-            self._fail(
-                ConnectionLostError(
-                    f"protocol error from the peer: {error}", error, kind="protocol_error"
-                )
-            )
-            return
-        self._process(events)
+        self._input.data_received(data)
 
-    def _process(self, events: Sequence[Any]) -> None:
-        if self._held_events:  # earlier events wait for the peer to read: keep the order
-            self._held_events.extend(events)
-            return
-        self._in_receive = True
-        handlers = self._handlers
-        core = self._core
-        limit = self._write_buffer_limit
-        first = True
-        written = self.bytes_sent
-        try:
-            for index, event in enumerate(events):
-                handlers[type(event)](event)
-                if core._out and (first or index & _HANDOFF_MASK == _HANDOFF_MASK):
-                    # The first answer of a batch goes out at once, and then what every
-                    # _HANDOFF_EVERY events produced, so that the peer works on those answers
-                    # while we handle the rest: the two sides overlap instead of alternating
-                    # batch by batch (+10-15% requests/s with 64 in flight, compared with
-                    # only the first; an answer per write would cost a syscall each).
-                    first = False
-                    self._write()
-                elif len(core._out) + core._chunks_size > limit:  # core.output_size, inlined
-                    self._write()
-                else:
-                    continue
-                if self._write_paused and self.bytes_sent - written > limit:
-                    # Handling what one read brought produced a lot to write and the peer
-                    # does not read it: the rest of the events wait, and so does reading.
-                    # Memory stays bounded by about the write limit, not by what the peer's
-                    # requests would make us answer.
-                    self._held_events.extend(events[index + 1 :])
-                    if self._held_events and not self._backlog_paused:
-                        self._backlog_paused = True
-                        self._pause_reading()
-                    break
-        finally:
-            self._in_receive = False
-        self._write()
-        if self._write_paused:
-            backlog = self._max_send_backlog
-            if backlog is not None and not self._backlog_paused and self.send_backlog > backlog:
-                # The peer does not read what its requests made us write: stop reading them
-                # until it does (resume_writing), so that answers stop piling up here.
-                self._backlog_paused = True
-                self._pause_reading()
-        elif self._core.has_queued and self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+    def pause_writing(self) -> None:
+        self._output.pause()
+
+    def resume_writing(self) -> None:
+        self._output.resume()
+        self._dispatch.release_held()
+        self._output.flush_soon()
 
     def eof_received(self) -> bool:
         ended = self._core.receive_eof()
         # The core says whether the stream ended at a boundary (ConnectionClosed.clean).
         self._eof_clean = bool(ended) and bool(ended[0].clean)
-        if not self._tasks or self._error is not None or self.tls:  # (TLS cannot half-close)
-            return False
+        if not self._dispatch.running or self._port.error is not None or self.tls:
+            return False  # (TLS cannot half-close)
         # The peer shut its side down after its requests: their running handlers still
         # answer, then we close (within close_timeout). Nothing more can arrive: what waits
         # for it fails now.
         self._peer_eof = True
         self._core.release()
-        self._fail_waiting(
+        self._dispatch.fail_waiting(
             ConnectionLostError("the peer shut its side of the connection", kind="lost")
         )
         if not self._closing:
@@ -900,7 +476,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._error is None:
+        self._port.attached = False
+        self._output.detach()
+        self._flow.detach()
+        if self._port.error is None:
+            core = self._core
+            requests = self._port.requests
             if exc is not None:
                 tls = isinstance(exc, ssl.SSLError)
                 self._set_error(
@@ -910,9 +491,9 @@ class Connection(asyncio.BufferedProtocol):
                         kind="tls_error" if tls else "lost",
                     )
                 )
-            elif self._peer_eof or (self._closing and self._core.idle and not self._requests):
+            elif self._peer_eof or (self._closing and core.idle and not requests):
                 self._set_error(self._clean_close())
-            elif self._core.idle and not self._requests and not self._receiving:
+            elif core.idle and not requests and not self._dispatch.receiving:
                 self._set_error(
                     ConnectionClosedError("connection closed by the peer", kind="closed_by_peer")
                 )
@@ -926,228 +507,6 @@ class Connection(asyncio.BufferedProtocol):
         if not self._closed.done():
             self._closed.set_result(None)
 
-    # -- events -------------------------------------------------------------------------------
-
-    def _on_opened(self, event: ConnectionOpened) -> None:
-        if not self._opened.done():
-            self._opened.set_result(None)
-
-    def _on_message(self, event: MessageReceived) -> None:
-        self.messages_received += 1
-        _, raw_id, action, expects_response, has_stream, files, data = event
-        if not action and expects_response:  # ping(): answered here, at once
-            self._core.send_fast_reply(raw_id, FastReply.ACCEPT)
-            if has_stream or files:  # (not a ping of ours: whatever it carries is dropped)
-                ignored = Message(self, raw_id, expects_response, data)
-                ignored._attach(has_stream, files)
-                self._receiving[raw_id] = ignored
-                ignored.discard()
-            return
-        message = Message(self, raw_id, expects_response, data)
-        message.action = action
-        if has_stream or files:
-            message._attach(has_stream, files)
-            self._receiving[raw_id] = message
-        handler = self._handler
-        if handler is None:
-            self._inbox.append(message)
-            if data:
-                self._buffered(len(data))
-            if len(self._inbox) >= self._max_queued_messages:
-                self._pause_reading()
-            waiter = self._inbox_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return
-        if len(self._tasks) >= self._max_handlers:
-            # As many handlers run as max_handlers allows: this one starts when one of them
-            # finishes (_task_done). Its stream and files are received meanwhile, so that
-            # running handlers waiting for theirs behind it are never stopped; past
-            # max_queued_messages waiting, reading pauses.
-            self._deferred.append(message)
-            if data:
-                self._buffered(len(data))
-            if len(self._deferred) >= self._max_queued_messages:
-                self._pause_reading()
-            return
-        self._dispatch(handler, message)
-
-    def _dispatch(self, handler: Handler, message: Message) -> None:
-        try:
-            result = handler(message)
-        except Exception as error:
-            self._handler_failed(message, error)
-            return
-        if result is None:
-            return
-        if type(result) is int or isinstance(result, int):
-            if message.expects_response and not message._answered:
-                # message.fast_reply(), inlined: we are inside data_received, the flush follows.
-                message._answered = True
-                self._core.send_fast_reply(message._raw_id, result)
-                counts = self.fast_replies_sent
-                counts[result] = counts.get(result, 0) + 1
-        elif inspect.isawaitable(result):
-            task = self._loop.create_task(self._run_handler(message, result))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-
-    async def _run_handler(self, message: Message, result: Awaitable[Any]) -> None:
-        try:
-            code = await result
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._handler_failed(message, error)
-            return
-        if (
-            isinstance(code, int)
-            and message.expects_response
-            and not message._answered
-            and not self.closed
-        ):
-            message.fast_reply(code)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        deferred = self._deferred
-        if deferred and self._handler is not None and self._error is None:
-            message = deferred.popleft()
-            if message.data:
-                self._rx_buffered -= len(message.data)
-            self._dispatch(self._handler, message)
-            self._schedule_flush()
-        if self._read_paused:
-            self._resume_reading()
-        if self._closing:
-            self._check_idle()
-
-    def _handler_failed(self, message: Message, error: BaseException) -> None:
-        logger.error("handler for %r failed", message.action, exc_info=error)
-        if message.expects_response and not message._answered and not self.closed:
-            message.fast_reply(5)  # InternalError
-
-    def _on_response(self, event: ResponseReceived) -> None:
-        _, parent_id, raw_id, expects_response, has_stream, files, data = event
-        response = Response(self, raw_id, expects_response, data)
-        response._parent_id = parent_id
-        if has_stream or files:
-            response._attach(has_stream, files)
-            self._receiving[raw_id] = response
-        request = self._requests.get(parent_id)
-        if request is None:
-            self._orphan(response)
-            return
-        if request._multiple:
-            request._deliver(response)
-        else:
-            del self._requests[parent_id]
-            future = request._future
-            if not future.done():
-                future.set_result(response)
-            else:  # nobody waits for it (cancelled)
-                self._orphan(response)
-        if self._closing:
-            self._check_idle()
-
-    def _orphan(self, response: Response) -> None:
-        """A reply nobody waits for (its request was answered already, or is unknown): its
-        stream and files are dropped as they arrive, so they never fill the read buffer."""
-        self.orphan_replies += 1
-        if response.stream is not None or response.files:
-            response.discard()
-
-    def _on_fast_reply(self, event: FastReplyReceived) -> None:
-        request = self._requests.pop(event.id, None)
-        if request is not None:
-            code = event.code
-            # Any: anything typed int (FastReply | int is int) is a plain int in compiled code.
-            reply: Any = code
-            if code < _KNOWN_COUNT:
-                reply = _KNOWN_CODES[code]
-            future = request._future
-            if request._multiple:
-                self._requests[event.id] = request  # it listens on until closed
-                request._deliver(reply)
-            elif not future.done():
-                future.set_result(reply)
-            if self._closing:
-                self._check_idle()
-
-    def _on_stream_chunk(self, event: StreamChunkReceived) -> None:
-        target = self._receiving.get(event.id)
-        if target is not None and target.stream is not None and not target._discarded:
-            target.stream._feed(event.chunk)
-
-    def _on_stream_end(self, event: StreamEnded) -> None:
-        target = self._receiving.get(event.id)
-        if target is not None and target.stream is not None:
-            target.stream._end()
-            if not target._unfinished():
-                del self._receiving[event.id]
-
-    def _on_file_chunk(self, event: FileChunkReceived) -> None:
-        target = self._receiving.get(event.id)
-        if target is not None and not target._discarded:
-            target.files[event.file_index]._feed(event.chunk)
-
-    def _on_file_end(self, event: FileEnded) -> None:
-        target = self._receiving.get(event.id)
-        if target is not None:
-            target.files[event.file_index]._end()
-            if not target._unfinished():
-                del self._receiving[event.id]
-
-    def _on_aborted(self, event: Aborted) -> None:
-        target = self._receiving.pop(event.id, None)
-        if target is None:
-            return
-        target._abort(AbortedError("aborted by the peer", by_peer=True))
-        for reply in target._replies or ():
-            reply.abort()  # our answers to an aborted message are cancelled too
-
-    def _ignore(self, event: object) -> None:
-        pass
-
-    def _on_go_away(self, event: GoAwayReceived) -> None:
-        for raw_id in event.unsent:
-            request = self._requests.pop(raw_id, None)
-            if request is not None:
-                request._fail(GoingAwayError("the peer is going away; the message was not sent"))
-        self._set_going_away()
-        if not self._closing:
-            self._peer_closing = True  # the peer began the close: its Go Away came first
-            self._close_task = self._loop.create_task(self.close())
-
-    # -- flow control on the read side ---------------------------------------------------------
-
-    def _buffered(self, size: int) -> None:
-        self._rx_buffered += size
-        if self._rx_buffered > self._max_receive_buffer:
-            self._pause_reading()
-
-    def _consumed(self, size: int) -> None:
-        self._rx_buffered -= size
-        if self._read_paused and self._rx_buffered <= self._max_receive_buffer // 2:
-            self._resume_reading()
-
-    def _pause_reading(self) -> None:
-        if not self._read_paused and self._transport is not None:
-            self._read_paused = True
-            self._transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if (
-            self._read_paused
-            and not self._backlog_paused
-            and self._transport is not None
-            and len(self._inbox) < self._max_queued_messages
-            and self._rx_buffered <= self._max_receive_buffer // 2
-            and len(self._deferred) < self._max_queued_messages
-        ):
-            self._read_paused = False
-            self._transport.resume_reading()
-
     # -- receiving without a handler -----------------------------------------------------------
 
     def __aiter__(self) -> Connection:
@@ -1155,16 +514,9 @@ class Connection(asyncio.BufferedProtocol):
 
     async def __anext__(self) -> Message:
         """The next message, in arrival order (only when there is no handler)."""
-        while not self._inbox:
-            if self._error is not None:
-                raise StopAsyncIteration
-            self._inbox_waiter = self._loop.create_future()
-            await self._inbox_waiter
-        message = self._inbox.popleft()
-        if message.data:
-            self._rx_buffered -= len(message.data)
-        if self._read_paused:
-            self._resume_reading()
+        message = await self._dispatch.next_message()
+        if message is None:
+            raise StopAsyncIteration
         return message
 
     # -- liveness -----------------------------------------------------------------------------
@@ -1180,13 +532,14 @@ class Connection(asyncio.BufferedProtocol):
 
     def _tick(self) -> None:
         self._timer = None
-        if self._error is not None:
+        if self._port.error is not None:
             return
         now = self._loop.time()
         core = self._core
-        if self._read_paused or self._peer_eof:
+        reader = self._input
+        if self._flow.paused or self._peer_eof:
             # We stopped reading (or nothing more can come): silence is not the peer's fault.
-            self._last_rx = self._header_since = now
+            reader.last_rx = self._header_since = now
         limit = self._open_timeout
         if limit and not core.opened and now - self._opened_at >= limit:
             self._fail(
@@ -1211,7 +564,7 @@ class Connection(asyncio.BufferedProtocol):
                 return
         else:
             self._header_mark = -1
-        if self._idle_timeout and now - self._last_rx >= self._idle_timeout:
+        if self._idle_timeout and now - reader.last_rx >= self._idle_timeout:
             self._fail(
                 ConnectionLostError(
                     f"idle timeout: nothing received for {self._idle_timeout:g} s",
@@ -1219,9 +572,9 @@ class Connection(asyncio.BufferedProtocol):
                 )
             )
             return
-        if self._heartbeat_interval and now - self._last_tx >= self._heartbeat_interval:
-            self._core.send_heartbeat()
-            self._schedule_flush()
+        if self._heartbeat_interval and now - self._output.last_tx >= self._heartbeat_interval:
+            core.send_heartbeat()
+            self._output.schedule_flush()
         self._arm_timer()
 
     # -- closing ------------------------------------------------------------------------------
@@ -1231,7 +584,7 @@ class Connection(asyncio.BufferedProtocol):
         if not self._opened.done():
             # asyncio.wait neither cancels nor consumes them (a failed _opened is retrieved).
             await asyncio.wait({self._opened, self._closed}, return_when="FIRST_COMPLETED")
-        self._check_open()
+        self._port.check_open()
 
     @property
     def going_away(self) -> bool:
@@ -1250,18 +603,19 @@ class Connection(asyncio.BufferedProtocol):
     async def close(self, timeout: float | None = None) -> None:
         """Closes gracefully: Go Away, in-flight exchanges finish within ``timeout`` seconds
         (default: ``close_timeout``), then the socket closes. Idempotent."""
-        if self._error is None and self._transport is not None:
+        dispatch = self._dispatch
+        if self._port.error is None and self._transport is not None:
             if not self._closing:
                 self._closing = True
+                dispatch.closing = True
+                self._output.after_write = dispatch.check_idle
                 self._set_going_away()
                 self._core.send_go_away()
-                self._schedule_flush()
+                self._output.schedule_flush()
             limit = self._close_timeout if timeout is None else timeout
-            if not self._is_idle():
-                if self._idle_waiter is None:
-                    self._idle_waiter = self._loop.create_future()
+            if not dispatch.idle:
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._idle_waiter), limit)
+                    await asyncio.wait_for(asyncio.shield(dispatch.idle_waiter()), limit)
                 except TimeoutError:
                     self._set_error(
                         ConnectionClosedError(
@@ -1269,7 +623,7 @@ class Connection(asyncio.BufferedProtocol):
                             kind="grace_timeout",
                         )
                     )
-            if not self.closed:  # (the property: the grace period may have closed it)
+            if not self.closed:  # (the grace period may have closed it)
                 self._set_error(self._clean_close())
         transport = self._transport
         if transport is not None:
@@ -1280,6 +634,12 @@ class Connection(asyncio.BufferedProtocol):
             except TimeoutError:
                 transport.abort()
         await asyncio.shield(self._closed)
+
+    def _peer_going_away(self) -> None:
+        self._set_going_away()
+        if not self._closing:
+            self._peer_closing = True  # the peer began the close: its Go Away came first
+            self._close_task = self._loop.create_task(self.close())
 
     def _clean_close(self) -> ConnectionClosedError:
         """The reason of a close that ran its course, by who began it: the peer (its Go Away,
@@ -1293,79 +653,43 @@ class Connection(asyncio.BufferedProtocol):
             return ConnectionClosedError("connection closed by the peer", kind="closed_by_peer")
         return ConnectionClosedError("connection closed")
 
-    def _is_idle(self) -> bool:
-        core = self._core
-        return (
-            not core.sending
-            and not core.receiving
-            and not self._requests
-            and not self._tasks
-            and not self._deferred
-            and not core._out
-            and not core._chunks
-        )
-
     def _set_going_away(self) -> None:
         if not self._going_away.done():
             self._going_away.set_result(None)
 
-    def _check_idle(self) -> None:
-        waiter = self._idle_waiter
-        if waiter is not None and not waiter.done() and self._is_idle():
-            waiter.set_result(None)
-
-    def _check_open(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._transport is None:
-            raise ConnectionClosedError("the connection is not open")
-
     def _set_error(self, error: ConnectionClosedError) -> None:
-        if self._error is None:
-            self._error = error
+        if self._port.error is None:
+            self._port.error = error
+
+    def fail(self, error: ConnectionClosedError) -> None:
+        """Ends the connection now, for ``error`` (its ``close_reason``, unless it closed
+        already): the socket is aborted, and everything pending fails with it. A subclass (a
+        server's connection) also calls it for a socket it never opened: refused at
+        admission, or whose TLS handshake failed."""
+        self._fail(error)
 
     def _fail(self, error: ConnectionClosedError) -> None:
-        """Ends the connection now, for ``error``."""
         self._set_error(error)
         if self._transport is not None:
             self._transport.abort()  # connection_lost follows and fails what is pending
         else:
             self._shutdown()
 
-    def _fail_waiting(self, error: ConnectionClosedError) -> None:
-        """Fails what waits for the peer: our requests, and the streams and files coming."""
-        requests, self._requests = self._requests, {}
-        for request in requests.values():
-            request._fail(error)
-        receiving, self._receiving = self._receiving, {}
-        for incoming in receiving.values():
-            incoming._abort(error)
-
     def _shutdown(self) -> None:
         """Fails everything that is still pending with the close reason."""
-        error = self._error
+        error = self._port.error
         assert error is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._write_stall is not None:
-            self._write_stall.cancel()
-            self._write_stall = None
+        if self._shut:
+            return
+        self._shut = True
+        self._output.close()
+        self._input.close()
         self._core.release()  # what the peer made us hold goes back (to the pool too)
-        # The table of bound methods is the one reference cycle a connection has: dropped, the
-        # connection is freed by reference counting alone once the application lets go of it.
-        self._handlers = _CLOSED_HANDLERS
-        self._held_events.clear()
-        self._deferred.clear()
-        self._fail_waiting(error)
-        for task in [*self._pumps, *self._tasks]:
-            task.cancel()
-        for future in (self._progress, self._idle_waiter, self._inbox_waiter):
-            if future is not None and not future.done():
-                future.set_result(None)
+        self._dispatch.close(error)
+        self._port.owner = None  # (messages keep their connection: the port's cycle is broken)
         if not self._opened.done():
             self._opened.set_exception(error)
             self._opened.exception()

@@ -1,24 +1,36 @@
-"""What is exchanged: messages and responses we receive, transfers and requests we send."""
+"""What is exchanged: messages and responses we receive, transfers and requests we send.
+
+They act on their connection only through its port (``_port.Port``): answers, aborts, waits
+and flow control. ``start`` begins a message or response we send.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
-from .._errors import AbortedError, LocalProtocolError, ResponseTimeoutError
+from .._errors import AbortedError, ConnectionClosedError, LocalProtocolError, ResponseTimeoutError
 from .._events import FileHeader
+from .._ids import new_id
+from . import _files
+from ._drafts import FileTransfer, Outgoing
+from ._port import Port
 from ._streams import ReceivedFile, StreamReader, StreamWriter
 
 if TYPE_CHECKING:
+    # Only to annotate the public ``connection`` properties: the port's owner is the
+    # connection, which these objects never call.
     from ._connection import Connection
-    from ._drafts import Outgoing
 
-__all__ = ["Incoming", "Message", "Request", "Response", "Transfer"]
+__all__ = ["Incoming", "Message", "Request", "RequestPort", "Response", "Transfer", "start"]
+
+logger = logging.getLogger("sockety")
 
 
 class Incoming:
@@ -26,9 +38,10 @@ class Incoming:
 
     __slots__ = (
         "_answered",
-        "_connection",
         "_decoded",
         "_discarded",
+        "_owner",
+        "_port",
         "_raw_id",
         "_replies",
         "data",
@@ -38,11 +51,12 @@ class Incoming:
     )
 
     def __init__(
-        self, connection: Connection, raw_id: bytes, expects_response: bool, data: bytes | bytearray
+        self, port: RequestPort, raw_id: bytes, expects_response: bool, data: bytes | bytearray
     ) -> None:
         # One frame per arrival: the connection sets the subclass's own field after it, and
         # attaches a stream and files when there are any.
-        self._connection = connection
+        self._port = port
+        self._owner = port.owner  # the connection (the port forgets it once closed)
         self._raw_id = raw_id
         self.expects_response = expects_response
         #: The data, complete (bytes; a bytearray when it arrived in several packets).
@@ -58,9 +72,9 @@ class Incoming:
 
     def _attach(self, has_stream: bool, files: tuple[FileHeader, ...]) -> None:
         if has_stream:
-            self.stream = StreamReader(self._connection)
+            self.stream = StreamReader(self._port)
         if files:
-            self.files = _received_files(self._connection, files)
+            self.files = _received_files(self._port, files)
 
     @property
     def id(self) -> uuid.UUID:
@@ -68,7 +82,7 @@ class Incoming:
 
     @property
     def connection(self) -> Connection:
-        return self._connection
+        return cast("Connection", self._owner)
 
     @property
     def answered(self) -> bool:
@@ -84,19 +98,13 @@ class Incoming:
     def fast_reply(self, code: int) -> None:
         """Answers with a fast-reply code (0..4095; see :class:`FastReply`)."""
         self._answered = True
-        connection = self._connection
-        connection._check_open()
-        connection._core.send_fast_reply(self._raw_id, code)
-        counts = connection.fast_replies_sent
-        counts[code] = counts.get(code, 0) + 1
-        connection._schedule_flush()
+        self._port.send_fast_reply(self._raw_id, code)
 
     def respond(self, response: Outgoing, *, expects_response: bool = False) -> Transfer:
         """Starts a response (made with a :class:`ResponseDraft`); returns it to stream, await
         ``sent()`` or abort."""
         self._answered = True
-        reply = self._connection._start(response, self._raw_id, expects_response, False)
-        self._connection.responses_sent += 1
+        reply = start(self._port, response, self._raw_id, expects_response, False)
         if self.stream is not None or self.files:
             if self._replies is None:
                 self._replies = []
@@ -126,11 +134,9 @@ class Incoming:
         )
 
 
-def _received_files(
-    connection: Connection, files: tuple[FileHeader, ...]
-) -> tuple[ReceivedFile, ...]:
+def _received_files(port: RequestPort, files: tuple[FileHeader, ...]) -> tuple[ReceivedFile, ...]:
     return tuple(
-        ReceivedFile(connection, index, file.name, file.size) for index, file in enumerate(files)
+        ReceivedFile(port, index, file.name, file.size) for index, file in enumerate(files)
     )
 
 
@@ -166,15 +172,15 @@ class Response(Incoming):
 class Transfer:
     """A message or response we send: its stream (if any), completion and abort."""
 
-    __slots__ = ("_connection", "_error", "_pump", "_raw_id", "stream")
+    __slots__ = ("_error", "_port", "_pump", "_raw_id", "stream")
 
-    def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
-        self._connection = connection
+    def __init__(self, port: RequestPort, raw_id: bytes, has_stream: bool) -> None:
+        self._port = port
         self._raw_id = raw_id
         self._error: BaseException | None = None
         self._pump: asyncio.Task[None] | None = None
         #: The stream we write, or None.
-        self.stream: StreamWriter | None = StreamWriter(connection, raw_id) if has_stream else None
+        self.stream: StreamWriter | None = StreamWriter(port, raw_id) if has_stream else None
 
     @property
     def id(self) -> uuid.UUID:
@@ -182,11 +188,65 @@ class Transfer:
 
     async def sent(self) -> None:
         """Waits until all of it (data, files, stream end) was handed to the network."""
-        await self._connection._wait_sent(self, everything=True)
+        await self.wait_sent(everything=True)
+
+    async def wait_sent(self, *, everything: bool) -> None:
+        """Waits until it was handed to the network: all of it (``everything``), or its
+        header, data and files (not its stream)."""
+        port = self._port
+        raw_id = self._raw_id
+        while True:
+            if self._error is not None:
+                raise self._error
+            port.check_open()
+            if self._pump is not None:
+                await asyncio.shield(self._pump)
+                continue
+            if not port.unsent(raw_id, everything):
+                return
+            await port.progress()
 
     def abort(self) -> None:
         """Aborts it: the peer's readers fail with AbortedError; so does our side's."""
-        self._connection._abort_transfer(self)
+        error = AbortedError("aborted by this side", by_peer=False)
+        self._error = error
+        if self.stream is not None:
+            self.stream._error = error
+        if self._pump is not None:
+            self._pump.cancel()
+        self._aborted(error)
+        self._port.abort(self._raw_id)
+
+    def _aborted(self, error: BaseException) -> None:
+        pass  # a request stops waiting for replies
+
+    def _send_files(self, files: tuple[FileTransfer, ...]) -> None:
+        port = self._port
+        if _files.in_memory(files):
+            _files.queue_in_memory(port, self._raw_id, files)
+            return
+        pump = port.loop.create_task(self._pump_files(files))
+        self._pump = pump
+        port.pumps.add(pump)
+        pump.add_done_callback(port.pumps.discard)
+
+    async def _pump_files(self, files: tuple[FileTransfer, ...]) -> None:
+        port = self._port
+        try:
+            await _files.pump(port, self._raw_id, files)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a size mismatch, a read error, or the source's own
+            self._error = error
+            if not port.closed and not isinstance(error, ConnectionClosedError):
+                port.abort(self._raw_id)  # the peer learns the exchange will not complete
+            self._pump_failed(error)
+            logger.warning("sending files of %s failed: %s", self.id, error)
+        finally:
+            self._pump = None
+
+    def _pump_failed(self, error: BaseException) -> None:
+        pass  # a request fails with it
 
 
 class Request(Transfer):
@@ -197,14 +257,14 @@ class Request(Transfer):
 
     _multiple = False  # request(..., multiple=True) makes a _MultiRequest
 
-    def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
+    def __init__(self, port: RequestPort, raw_id: bytes, has_stream: bool) -> None:
         # Transfer.__init__, inlined: this runs for every request.
-        self._connection = connection
+        self._port = port
         self._raw_id = raw_id
         self._error = None
         self._pump = None
-        self.stream = StreamWriter(connection, raw_id) if has_stream else None
-        self._future: asyncio.Future[Response | int] = connection._loop.create_future()
+        self.stream = StreamWriter(port, raw_id) if has_stream else None
+        self._future: asyncio.Future[Response | int] = port.loop.create_future()
 
     def _deliver(self, reply: Response | int) -> None:
         if not self._future.done():
@@ -218,6 +278,13 @@ class Request(Transfer):
             future.exception()  # retrieved: nobody has to await a failed request
         if self._pump is not None:
             self._pump.cancel()
+
+    def _aborted(self, error: BaseException) -> None:
+        self._port.forget_request(self._raw_id)
+        self._fail(error)
+
+    def _pump_failed(self, error: BaseException) -> None:
+        self._fail(error)
 
     def __await__(self) -> Generator[Any, None, Response | int]:
         return self._future.__await__()
@@ -238,7 +305,7 @@ class Request(Transfer):
 
     def close(self) -> None:
         """Stops listening for more replies (multiple mode)."""
-        self._connection._requests.pop(self._raw_id, None)
+        self._port.forget_request(self._raw_id)
 
     def __repr__(self) -> str:
         return f"<Request {self.id}>"
@@ -251,8 +318,8 @@ class _MultiRequest(Request):
 
     _multiple = True
 
-    def __init__(self, connection: Connection, raw_id: bytes, has_stream: bool) -> None:
-        super().__init__(connection, raw_id, has_stream)
+    def __init__(self, port: RequestPort, raw_id: bytes, has_stream: bool) -> None:
+        super().__init__(port, raw_id, has_stream)
         self._queue: deque[Response | int] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -304,6 +371,37 @@ class _Replies:
                 if request._error is not None and not request._closed:
                     raise request._error
                 raise StopAsyncIteration
-            request._waiter = request._connection._loop.create_future()
+            request._waiter = request._port.loop.create_future()
             await request._waiter
         return request._queue.popleft()
+
+
+#: The port of a connection whose request table holds :class:`Request` objects.
+RequestPort = Port[Request]
+
+
+def start(
+    port: RequestPort,
+    outgoing: Outgoing,
+    parent_id: bytes | None,
+    expects_response: bool,
+    multiple: bool,
+) -> Transfer:
+    """Starts sending a message (``parent_id`` None) or a response to ``parent_id``: a
+    :class:`Request` (registered to receive its replies) for a message that expects responses,
+    else a :class:`Transfer`."""
+    raw_id = new_id()
+    if parent_id is None:
+        port.send_message(raw_id, outgoing, expects_response)
+    else:
+        port.send_response(parent_id, raw_id, outgoing, expects_response)
+    if expects_response and parent_id is None:
+        request = (_MultiRequest if multiple else Request)(port, raw_id, outgoing.stream)
+        port.requests[raw_id] = request
+        transfer: Transfer = request
+    else:
+        transfer = Transfer(port, raw_id, outgoing.stream)
+    if outgoing.files:
+        transfer._send_files(outgoing.files)
+    port.flush()
+    return transfer

@@ -1,5 +1,5 @@
 """Streams and files: what the peer sends arrives through readers, what we send goes through
-writers. Both take part in the connection's flow control."""
+writers. Both take part in the connection's flow control, through its port."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import asyncio
 import os
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .._errors import LocalProtocolError
-
-if TYPE_CHECKING:
-    from ._connection import Connection
+from ._port import Port
 
 __all__ = ["ReceivedFile", "StreamReader", "StreamWriter"]
 
@@ -24,10 +22,10 @@ class StreamReader:
     are always delivered; an abort or a lost connection is raised after them.
     """
 
-    __slots__ = ("_chunks", "_connection", "_done", "_error", "_received", "_waiter")
+    __slots__ = ("_chunks", "_done", "_error", "_port", "_received", "_waiter")
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    def __init__(self, port: Port[Any]) -> None:
+        self._port = port
         # Made with the first chunk: a message may declare a thousand files that never come.
         self._chunks: deque[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -51,7 +49,7 @@ class StreamReader:
             chunks = self._chunks = deque()
         chunks.append(chunk)
         self._received += len(chunk)
-        self._connection._buffered(len(chunk))
+        self._port.received(len(chunk))
         self._wake()
 
     def _end(self) -> None:
@@ -68,7 +66,7 @@ class StreamReader:
         """Discards what is buffered (releasing it from flow control) and fails the reader."""
         chunks = self._chunks
         if chunks:
-            self._connection._consumed(sum(map(len, chunks)))
+            self._port.consumed(sum(map(len, chunks)))
             chunks.clear()
         self._fail(error)
 
@@ -88,12 +86,12 @@ class StreamReader:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            self._waiter = self._connection._loop.create_future()
+            self._waiter = self._port.loop.create_future()
             await self._waiter
         chunks = self._chunks
         assert chunks is not None
         chunk = chunks.popleft()
-        self._connection._consumed(len(chunk))
+        self._port.consumed(len(chunk))
         return chunk
 
     async def read(self) -> bytes:
@@ -106,8 +104,8 @@ class ReceivedFile(StreamReader):
 
     __slots__ = ("index", "name", "size")
 
-    def __init__(self, connection: Connection, index: int, name: str, size: int) -> None:
-        super().__init__(connection)
+    def __init__(self, port: Port[Any], index: int, name: str, size: int) -> None:
+        super().__init__(port)
         self.index = index
         self.name = name
         self.size = size
@@ -131,10 +129,10 @@ class StreamWriter:
     or the transport is paused; ``await send(data)`` does both; ``end()`` ends the stream.
     """
 
-    __slots__ = ("_connection", "_ended", "_error", "_id")
+    __slots__ = ("_ended", "_error", "_id", "_port")
 
-    def __init__(self, connection: Connection, id: bytes) -> None:
-        self._connection = connection
+    def __init__(self, port: Port[Any], id: bytes) -> None:
+        self._port = port
         self._id = id
         self._ended = False
         self._error: BaseException | None = None
@@ -148,16 +146,13 @@ class StreamWriter:
             raise self._error
         if self._ended:
             raise LocalProtocolError("the stream has ended")
-        connection = self._connection
-        connection._check_open()
         # Our own copy: the caller may reuse its buffer once write() returned.
         chunk = data if type(data) is bytes else bytes(data)
-        connection._core.send_stream(self._id, chunk)
-        connection._schedule_flush()
+        self._port.send_stream(self._id, chunk)
 
     async def drain(self) -> None:
         """Waits until the queued bytes of this stream are below the limit and can be written."""
-        await self._connection._writable(self._id)
+        await self._port.writable(self._id)
         if self._error is not None:
             raise self._error
 
@@ -171,7 +166,4 @@ class StreamWriter:
         if self._ended or self._error is not None:
             return
         self._ended = True
-        connection = self._connection
-        if connection._core.in_progress(self._id):
-            connection._core.end_stream(self._id)
-            connection._schedule_flush()
+        self._port.end_stream(self._id)
