@@ -53,11 +53,11 @@ from sockety.server import (
     FastReply,
     FileTransfer,
     Message,
+    OutgoingStream,
     Request,
     Response,
     Router,
     Server,
-    StreamWriter,
     Transfer,
     serve,
 )
@@ -109,7 +109,7 @@ class Member:
         self._stall = stall
         self._outbox: deque[Outgoing] = deque()
         self._dirty: dict[_TypingRelay, None] = {}  # typing lines to write, in order
-        self._writers: dict[_TypingRelay, tuple[StreamWriter, str]] = {}  # (stream, author)
+        self._writers: dict[_TypingRelay, tuple[OutgoingStream, str]] = {}  # (stream, author)
         self._wake = asyncio.Event()
         self._draining = False  # the pump waits for the socket: deliveries queue meanwhile
         self._pump = asyncio.get_running_loop().create_task(self._run())

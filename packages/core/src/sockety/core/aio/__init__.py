@@ -11,7 +11,7 @@ from ._drafts import Draft, FileTransfer, Outgoing, ResponseDraft
 from ._exchanges import Incoming, Message, Request, Response, Transfer
 from ._router import Router
 from ._run import loop_factory, run
-from ._streams import ReceivedFile, StreamReader, StreamWriter
+from ._streams import IncomingStream, OutgoingStream, ReceivedFile
 
 __all__ = [
     "OPTIONS",
@@ -21,15 +21,15 @@ __all__ = [
     "FileTransfer",
     "Handler",
     "Incoming",
+    "IncomingStream",
     "Message",
     "Outgoing",
+    "OutgoingStream",
     "ReceivedFile",
     "Request",
     "Response",
     "ResponseDraft",
     "Router",
-    "StreamReader",
-    "StreamWriter",
     "Transfer",
     "check_options",
     "loop_factory",

@@ -21,7 +21,7 @@ from .._ids import new_id
 from . import _files
 from ._drafts import FileTransfer, Outgoing
 from ._port import Port
-from ._streams import ReceivedFile, StreamReader, StreamWriter
+from ._streams import IncomingStream, OutgoingStream, ReceivedFile
 
 if TYPE_CHECKING:
     # Only to annotate the public ``connection`` properties: the port's owner is the
@@ -66,13 +66,13 @@ class Incoming:
         self._discarded = False
         self._replies: list[Transfer] | None = None  # replies aborted if the peer aborts it
         #: The attached stream, or None.
-        self.stream: StreamReader | None = None
+        self.stream: IncomingStream | None = None
         #: The attached files, in order.
         self.files: tuple[ReceivedFile, ...] = ()
 
     def _attach(self, has_stream: bool, files: tuple[FileHeader, ...]) -> None:
         if has_stream:
-            self.stream = StreamReader(self._port)
+            self.stream = IncomingStream(self._port)
         if files:
             self.files = _received_files(self._port, files)
 
@@ -180,7 +180,7 @@ class Transfer:
         self._error: BaseException | None = None
         self._pump: asyncio.Task[None] | None = None
         #: The stream we write, or None.
-        self.stream: StreamWriter | None = StreamWriter(port, raw_id) if has_stream else None
+        self.stream: OutgoingStream | None = OutgoingStream(port, raw_id) if has_stream else None
 
     @property
     def id(self) -> uuid.UUID:
@@ -263,7 +263,7 @@ class Request(Transfer):
         self._raw_id = raw_id
         self._error = None
         self._pump = None
-        self.stream = StreamWriter(port, raw_id) if has_stream else None
+        self.stream = OutgoingStream(port, raw_id) if has_stream else None
         self._future: asyncio.Future[Response | int] = port.loop.create_future()
 
     def _deliver(self, reply: Response | int) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 from .._errors import LocalProtocolError
 from ._port import Port
 
-__all__ = ["ReceivedFile", "StreamReader", "StreamWriter"]
+__all__ = ["IncomingStream", "OutgoingStream", "ReceivedFile"]
 
 
-class StreamReader:
+class IncomingStream:
     """Bytes the peer streams to us, as an async iterator of chunks.
 
     ``async for chunk in message.stream`` or ``await message.stream.read()``. Chunks that arrived
@@ -77,7 +77,7 @@ class StreamReader:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def __aiter__(self) -> StreamReader:
+    def __aiter__(self) -> IncomingStream:
         return self
 
     async def __anext__(self) -> bytes:
@@ -99,7 +99,7 @@ class StreamReader:
         return b"".join([chunk async for chunk in self])
 
 
-class ReceivedFile(StreamReader):
+class ReceivedFile(IncomingStream):
     """A file the peer sends: its name, declared size, and its bytes as an async iterator."""
 
     __slots__ = ("index", "name", "size")
@@ -122,7 +122,7 @@ class ReceivedFile(StreamReader):
         return f"<ReceivedFile {self.name!r} {self.received}/{self.size} B>"
 
 
-class StreamWriter:
+class OutgoingStream:
     """The stream we attach to a message or response.
 
     ``write()`` queues bytes (it never blocks); ``await drain()`` waits while too much is queued
