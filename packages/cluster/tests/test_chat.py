@@ -86,15 +86,23 @@ async def people(*who: tuple[list[tuple[str, int]], str]) -> AsyncIterator[list[
 
 
 @asynccontextmanager
-async def chat_servers(nats: NatsServer, count: int, **room: Any) -> AsyncIterator[list[int]]:
+async def chats(nats: NatsServer, count: int, **room: Any) -> AsyncIterator[list[ChatServer]]:
+    """``count`` clustered chat servers in this process (``chat0``, ``chat1``, ...)."""
     async with AsyncExitStack() as stack:
-        ports = []
+        servers = []
         for index in range(count):
-            chat = ChatServer(room=ClusterRoom(nats.url, name=f"chat{index}", **room))
+            name = room.pop("name", f"chat{index}")
+            chat = ChatServer(room=ClusterRoom(nats.url, name=name, **room))
             await chat.start(HOST, 0)
             stack.push_async_callback(chat.close)
-            ports.append(chat.port)
-        yield ports
+            servers.append(chat)
+        yield servers
+
+
+@asynccontextmanager
+async def chat_servers(nats: NatsServer, count: int, **room: Any) -> AsyncIterator[list[int]]:
+    async with chats(nats, count, **room) as servers:
+        yield [chat.port for chat in servers]
 
 
 def one_each(ports: list[int], *names: str) -> list[tuple[list[tuple[str, int]], str]]:
@@ -272,5 +280,62 @@ def test_workers_share_a_port_and_are_one_room(nats: NatsServer, run: Any) -> No
             await everyone[0].client.say("to all workers")
             for person in everyone:
                 await person.until(lambda p=person: p.said() == ["user0: to all workers"])
+
+    run(main)
+
+
+def test_people_who_come_before_the_room_is_ready_wait_for_it(nats: NatsServer, run: Any) -> None:
+    """A chat server listens before its link to the cluster is up (``serve`` starts the link
+    once it listens; ``--workers`` shares the port with servers still starting): whoever
+    connects meanwhile is logged in once the room is ready, and is one of the room then.
+    (The cause of a flaky ``test_workers_share_a_port_and_are_one_room``: a person who came to
+    a worker still joining NATS could not take a name, or missed the users list's changes.)"""
+
+    async def main() -> None:
+        async with (
+            chat_servers(nats, 1) as (one,),
+            people(([(HOST, one)], "alice")) as (alice,),
+        ):
+            room = ClusterRoom(nats.url, name="starting")
+            link = room.cluster
+            listening, release, accepted = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            start, connected = link.start, link.connected
+            ports: list[int] = []
+
+            async def held_start(server: Any) -> None:
+                ports.append(server.port)
+                listening.set()
+                await release.wait()
+                await start(server)
+
+            def seen(connection: Any) -> None:
+                connected(connection)
+                accepted.set()
+
+            link.start = held_start  # type: ignore[method-assign]
+            link.connected = seen  # type: ignore[method-assign]
+            chat = ChatServer(room=room)
+            starting = asyncio.ensure_future(chat.start(HOST, 0))
+            try:
+                await listening.wait()
+                bob = Person([(HOST, ports[0])], "bob")
+                arriving = asyncio.ensure_future(bob.start())
+                await accepted.wait()  # bob is connected; the room is not ready
+                assert not arriving.done()
+                release.set()
+                await starting
+                async with asyncio.timeout(20):
+                    await arriving
+                try:
+                    for person in (alice, bob):
+                        await person.until(lambda p=person: set(p.client.users) == {"alice", "bob"})
+                    await alice.client.say("hello bob")
+                    await bob.until(lambda: bob.said() == ["alice: hello bob"])
+                finally:
+                    await bob.stop()
+            finally:
+                release.set()
+                await asyncio.gather(starting, return_exceptions=True)
+                await chat.close()
 
     run(main)

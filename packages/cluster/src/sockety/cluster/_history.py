@@ -98,6 +98,19 @@ class History:
         info = await self.cluster.jetstream.stream_info(self.stream)
         return int(info.state.last_seq)
 
+    async def get(self, sequence: int) -> bytes | None:
+        """The record at ``sequence``, or None when the stream does not hold it (not yet, or
+        no longer). Raises :class:`ClusterUnavailableError` when NATS did not answer."""
+        try:
+            msg = await self.cluster.jetstream.get_msg(self.stream, sequence)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
+            raise ClusterUnavailableError(
+                f"the history {self.stream!r} did not answer: {error or type(error).__name__}"
+            ) from error
+        return msg.data if msg.data is not None else b""
+
     async def read(self, count: int, *, after: int = 0) -> list[Record]:
         """Up to the last ``count`` records after sequence ``after``, oldest first."""
         js = self.cluster.jetstream
