@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
+
+import pytest
 
 from sockety.chat import ChatClient, ChatEvent, ChatServer
 from sockety.chat._client import (
@@ -284,58 +287,52 @@ def test_workers_share_a_port_and_are_one_room(nats: NatsServer, run: Any) -> No
     run(main)
 
 
-def test_people_who_come_before_the_room_is_ready_wait_for_it(nats: NatsServer, run: Any) -> None:
-    """A chat server listens before its link to the cluster is up (``serve`` starts the link
-    once it listens; ``--workers`` shares the port with servers still starting): whoever
-    connects meanwhile is logged in once the room is ready, and is one of the room then.
-    (The cause of a flaky ``test_workers_share_a_port_and_are_one_room``: a person who came to
-    a worker still joining NATS could not take a name, or missed the users list's changes.)"""
+def test_nobody_can_connect_before_the_room_is_ready(nats: NatsServer, run: Any) -> None:
+    """A clustered chat server listens only once its link to NATS and its room are up: with
+    ``--workers`` the kernel then gives connections only to workers that are ready. (The cause
+    of a flaky ``test_workers_share_a_port_and_are_one_room``: the server listened before its
+    link was up, so a person who came to a worker still joining NATS could not take a name,
+    or missed changes to the users list.)"""
 
     async def main() -> None:
+        # The port held as --workers holds it (bound, not listening): nobody listens until
+        # the chat server does.
+        holder = socket.socket(socket.AF_INET)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((HOST, 0))
+        port = holder.getsockname()[1]
         async with (
             chat_servers(nats, 1) as (one,),
             people(([(HOST, one)], "alice")) as (alice,),
         ):
             room = ClusterRoom(nats.url, name="starting")
             link = room.cluster
-            listening, release, accepted = asyncio.Event(), asyncio.Event(), asyncio.Event()
-            start, connected = link.start, link.connected
-            ports: list[int] = []
+            starting, release = asyncio.Event(), asyncio.Event()
+            start = link.start
 
-            async def held_start(server: Any) -> None:
-                ports.append(server.port)
-                listening.set()
+            async def held_start(server: Any = None) -> None:
+                starting.set()
                 await release.wait()
                 await start(server)
 
-            def seen(connection: Any) -> None:
-                connected(connection)
-                accepted.set()
-
             link.start = held_start  # type: ignore[method-assign]
-            link.connected = seen  # type: ignore[method-assign]
             chat = ChatServer(room=room)
-            starting = asyncio.ensure_future(chat.start(HOST, 0))
+            started = asyncio.ensure_future(chat.start(HOST, port, reuse_port=True))
             try:
-                await listening.wait()
-                bob = Person([(HOST, ports[0])], "bob")
-                arriving = asyncio.ensure_future(bob.start())
-                await accepted.wait()  # bob is connected; the room is not ready
-                assert not arriving.done()
+                await starting.wait()  # the link is on its way up
+                with pytest.raises(ConnectionRefusedError):
+                    await asyncio.open_connection(HOST, port)
                 release.set()
-                await starting
-                async with asyncio.timeout(20):
-                    await arriving
-                try:
+                await started
+                async with people(([(HOST, port)], "bob")) as (bob,):
                     for person in (alice, bob):
                         await person.until(lambda p=person: set(p.client.users) == {"alice", "bob"})
                     await alice.client.say("hello bob")
                     await bob.until(lambda: bob.said() == ["alice: hello bob"])
-                finally:
-                    await bob.stop()
             finally:
                 release.set()
-                await asyncio.gather(starting, return_exceptions=True)
+                await asyncio.gather(started, return_exceptions=True)
                 await chat.close()
+                holder.close()
 
     run(main)

@@ -117,9 +117,10 @@ class ClusterRoom(Room):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def started(self) -> None:
-        """Everything the room listens to is set up before it has members (the chat server
-        holds the connections that arrive meanwhile)."""
+    async def starting(self) -> None:
+        """The link is up and everything the room listens to is set up before the chat server
+        listens: nobody can join a room that would miss what it is told."""
+        await self.cluster.start()
         self.cluster.on_presence = self._on_presence
         self.cluster.handle("private")(self._on_whisper)
         self.cluster.answer("offer")(self._on_offer_asked)

@@ -18,8 +18,8 @@ The seam (where a cluster layer plugs in): all the room's state and every fan-ou
   ``stall`` seconds while messages wait, is disconnected with that reason. Nobody else ever
   waits for it.
 - A room across servers (``sockety.chat._cluster.ClusterRoom``) also uses ``cluster_link``,
-  ``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and ``since``: in one
-  process they publish, rename and do nothing.
+  ``starting``/``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and
+  ``since``: in one process they publish, rename and do nothing.
 - ``Room.whisper(member, to, content, key=...)``: a private message to the member named ``to``
   (and its echo to the sender); BadRequest when nobody has that name.
 - ``await Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered
@@ -397,6 +397,10 @@ class Room:
     #: What ``serve(cluster=...)`` gets: None for a room in one process.
     cluster_link: Any = None
 
+    async def starting(self) -> None:
+        """The chat server is about to listen: what the room needs before anyone joins (a
+        room across servers starts its cluster link here, ``serve`` only gives it the server)."""
+
     async def started(self) -> None:
         """The chat's server listens (and its cluster link, if any, is up)."""
 
@@ -546,9 +550,6 @@ class ChatServer:
         self._router.action("since")(self._on_since)
         self._router.action("file")(self._reject)  # the old forced share: files are offered now
         self._drains: set[asyncio.Task[None]] = set()
-        # Connections accepted before the room was ready (a room across servers starts once
-        # the server listens): they join it, in order, when it is.
-        self._early: dict[Connection, None] | None = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -560,22 +561,28 @@ class ChatServer:
         ssl: ssl_module.SSLContext | None = None,
         reuse_port: bool = False,
     ) -> None:
-        self._server = await serve(
-            self._router,
-            host,
-            port,
-            ssl=ssl,
-            reuse_port=reuse_port,
-            on_connect=self._connected,
-            on_disconnect=self._disconnected,
-            cluster=self.room.cluster_link,
-            **self._options,
-        )
+        # The room is ready before anyone can connect (a room across servers that is not yet
+        # would lose what it is told meanwhile; with --workers, the kernel gives connections
+        # only to servers that listen).
+        try:
+            await self.room.starting()
+            self._server = await serve(
+                self._router,
+                host,
+                port,
+                ssl=ssl,
+                reuse_port=reuse_port,
+                on_connect=self.room.join,
+                on_disconnect=self._disconnected,
+                cluster=self.room.cluster_link,
+                **self._options,
+            )
+        except BaseException:
+            await self.room.stopped()
+            if self.room.cluster_link is not None:
+                await self.room.cluster_link.close()
+            raise
         await self.room.started()
-        early, self._early = self._early or {}, None
-        for connection in early:
-            if not connection.closed:
-                self.room.join(connection)
 
     @property
     def port(self) -> int:
@@ -619,17 +626,7 @@ class ChatServer:
     ) -> None:
         await self.close()
 
-    def _connected(self, connection: Connection) -> None:
-        """Joins the room, or waits to (its login too) until the room is ready: a room
-        across servers that is not yet would lose what it is told meanwhile."""
-        if self._early is None:
-            self.room.join(connection)
-        else:
-            self._early[connection] = None
-
     def _disconnected(self, connection: Connection) -> None:
-        if self._early is not None:
-            self._early.pop(connection, None)
         member = self.room.member(connection)
         if member is not None:
             self.room.leave(member)

@@ -192,6 +192,7 @@ class Cluster:
         self._refresher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._started = False
         # Presence: key -> (connection, KV revision, its two subscriptions); and back.
         self._local: dict[str, tuple[Connection, int, list[Subscription]]] = {}
         self._keys: dict[Connection, str] = {}
@@ -251,7 +252,17 @@ class Cluster:
 
     async def start(self, server: Server | None = None) -> None:
         """Connects to NATS and subscribes; ``serve(cluster=...)`` calls it with its server
-        (without one, only topics, requests handled by :meth:`handle` and history work)."""
+        (without one, only topics, requests handled by :meth:`handle` and history work).
+
+        Started already (to be up before the server listens, so that nobody connects to a
+        server whose link is not): this only gives it the server."""
+        if self._started:
+            if self._closing:
+                raise ClusterUnavailableError("the cluster link is closed")
+            if server is not None:
+                self._server = server
+            return
+        self._started = True
         self._server = server
         nc = self._nc = NATS()
         try:
