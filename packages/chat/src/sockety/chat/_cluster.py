@@ -94,10 +94,13 @@ class ClusterRoom(Room):
         # clients that never send one, like the reference's).
         since_wait: float = 1.0,
         name: str | None = None,
+        # JetStream copies of the history, the offers and the presence (3 in a NATS cluster
+        # of three survives one node's loss).
+        replicas: int = 1,
         **room_options: Any,
     ) -> None:
         super().__init__(**room_options)
-        self.cluster = Cluster(servers, prefix=prefix, name=name)
+        self.cluster = Cluster(servers, prefix=prefix, name=name, replicas=replicas)
         self.cluster_link = self.cluster
         self.history_size = history
         self.since_wait = since_wait

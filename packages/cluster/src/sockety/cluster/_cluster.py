@@ -149,6 +149,9 @@ class Cluster:
         pending_bytes_limit: int = 64 * 1024 * 1024,
         # A server that died leaves its keys for at most this long; live ones refresh at 1/3.
         presence_ttl: float = 15.0,
+        # Copies JetStream keeps of the presence bucket (and, by default, of each History) in a
+        # NATS cluster: 3 survives the loss of one NATS node. 1 for a single nats-server.
+        replicas: int = 1,
         request_timeout: float = 5.0,
         # Requests handled here at once for other servers; more are refused (busy).
         max_concurrent_requests: int = 256,
@@ -172,6 +175,9 @@ class Cluster:
         self._pending_msgs = pending_msgs_limit
         self._pending_bytes = pending_bytes_limit
         self.presence_ttl = presence_ttl
+        if not 1 <= replicas <= 5:
+            raise ValueError(f"replicas: 1..5 (JetStream's range), not {replicas}")
+        self.replicas = replicas
         self.request_timeout = request_timeout
         self._requests = asyncio.Semaphore(max_concurrent_requests)
         self._reconnect_wait = reconnect_time_wait
@@ -320,6 +326,7 @@ class Cluster:
                     limit_marker_ttl=self.presence_ttl,
                     history=1,
                     storage=StorageType.FILE,
+                    replicas=self.replicas,
                 )
             )
         except nats.js.errors.BadRequestError:
@@ -392,7 +399,7 @@ class Cluster:
         if isinstance(error, nats.errors.SlowConsumerError):
             self.metrics.dropped.labels("slow_consumer").inc()
             return
-        if not self._up.is_set():  # connect attempts while down: the disconnect said it
+        if not self._up.is_set() or self._closing:  # down (the disconnect said so), or leaving
             logger.debug("cluster: NATS error: %s", error or type(error).__name__)
             return
         logger.warning("cluster: NATS error: %s", error or type(error).__name__)

@@ -47,6 +47,8 @@ class History:
         max_bytes: int = 256 * 1024 * 1024,
         # An append NATS did not acknowledge in this long failed (it may still be stored).
         ack_timeout: float = 5.0,
+        # Copies in a NATS cluster (default: the cluster link's ``replicas``).
+        replicas: int | None = None,
     ) -> None:
         self.cluster = cluster
         self.stream = f"{cluster.subjects.prefix}_{name}"
@@ -54,6 +56,7 @@ class History:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.ack_timeout = ack_timeout
+        self.replicas = cluster.replicas if replicas is None else replicas
         self._follows: list[Any] = []
 
     async def start(self) -> None:
@@ -65,6 +68,7 @@ class History:
             max_msg_size=self.cluster.max_payload + 1024,  # and the headers js.publish adds
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
+            num_replicas=self.replicas,
         )
         js = self.cluster.jetstream
         try:
