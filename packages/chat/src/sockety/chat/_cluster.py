@@ -53,6 +53,9 @@ logger = logging.getLogger("sockety.chat.cluster")
 MAX_CATCH_UP = 10_000
 #: Pieces a relay of another server's file asks ahead (each a NATS round trip): 2 MiB.
 REMOTE_PIECES_AHEAD = 8
+#: Pieces of our members' files read for other servers at once (8 MiB, half the link's
+#: outgoing queue, which their replies go through); more asks wait their turn.
+MAX_SERVED_PIECES = 32
 
 
 class _Typist:
@@ -117,6 +120,7 @@ class ClusterRoom(Room):
         self.pieces_ahead = REMOTE_PIECES_AHEAD
         #: Pieces of our members' offers asked by other servers' relays (``relays``: by ours).
         self.served = RelayStats()
+        self._serving = asyncio.Semaphore(MAX_SERVED_PIECES)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -484,16 +488,17 @@ class ClusterRoom(Room):
         ):
             return b""
         served = self.served
-        served.in_flight += 1
-        served.peak_in_flight = max(served.peak_in_flight, served.in_flight)
-        try:
-            piece = await super().ask_piece(
-                offer, offset, size, timeout=self.cluster.request_timeout
-            )
-        except PieceError:
-            return b""
-        finally:
-            served.in_flight -= 1
+        async with self._serving:
+            served.in_flight += 1
+            served.peak_in_flight = max(served.peak_in_flight, served.in_flight)
+            try:
+                piece = await super().ask_piece(
+                    offer, offset, size, timeout=self.cluster.request_timeout
+                )
+            except PieceError:
+                return b""
+            finally:
+                served.in_flight -= 1
         served.pieces += 1
         served.bytes += len(piece)
         return piece

@@ -7,6 +7,7 @@ the stream still holds what came after: it keeps the last ``max_records``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class History:
         ack_timeout: float = 5.0,
         # Copies in a NATS cluster (default: the cluster link's ``replicas``).
         replicas: int | None = None,
+        # Appends waiting for their acknowledgement at once; more wait here, in order, before
+        # they are sent (a burst queues in this process instead of overloading JetStream,
+        # and each one's ack_timeout runs from when it was really sent).
+        max_in_flight: int = 64,
     ) -> None:
         self.cluster = cluster
         self.stream = f"{cluster.subjects.prefix}_{name}"
@@ -57,6 +62,7 @@ class History:
         self.max_bytes = max_bytes
         self.ack_timeout = ack_timeout
         self.replicas = cluster.replicas if replicas is None else replicas
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._follows: list[Any] = []
 
     async def start(self) -> None:
@@ -84,13 +90,14 @@ class History:
         if len(data) > self.cluster.max_payload:
             raise PayloadTooLargeError(len(data), self.cluster.max_payload)
         try:
-            ack = await self.cluster.jetstream.publish(
-                self.subject,
-                data,
-                timeout=self.ack_timeout,
-                stream=self.stream,
-                headers={"Nats-Msg-Id": msg_id} if msg_id else None,
-            )
+            async with self._in_flight:
+                ack = await self.cluster.jetstream.publish(
+                    self.subject,
+                    data,
+                    timeout=self.ack_timeout,
+                    stream=self.stream,
+                    headers={"Nats-Msg-Id": msg_id} if msg_id else None,
+                )
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             raise ClusterUnavailableError(
                 f"the history {self.stream!r} did not acknowledge: {error or type(error).__name__}"
