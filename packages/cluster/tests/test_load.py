@@ -202,4 +202,4 @@ def test_chat_load_50_users_10000_messages_3_servers(nats: NatsServer, run: Any)
                     await client.stop()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    run(main, timeout=300)
+    run(main, timeout=100)
