@@ -189,6 +189,26 @@ def test_server_lost_then_back(tmp_path: Path) -> None:
     run(main(), timeout=40)
 
 
+def test_moved_to_the_next_server_shows_where_it_is(tmp_path: Path) -> None:
+    """Given several addresses, the app says (and shows in its title) the server it is on,
+    not the first address it was given."""
+
+    async def main() -> None:
+        first, second = await start_server(), await start_server()
+        app = make_app(first.port, "alice", tmp_path, others=[(HOST, second.port)])
+        async with app.run_test(size=(100, 30)):
+            await joined(app, "alice")
+            assert app.sub_title == f"alice @ {HOST}:{first.port}"
+            await first.close()
+            await until(lambda: second.names == ["alice"], what="on the second server")
+            await until(lambda: any("Reconnected to" in t for t in app.transcript))
+            assert any(f"Reconnected to {HOST}:{second.port}" in t for t in app.transcript)
+            await until(lambda: app.sub_title == f"alice @ {HOST}:{second.port}", what="title")
+        await second.close()
+
+    run(main(), timeout=40)
+
+
 def test_embedded_server(tmp_path: Path) -> None:
     """``sockety-chat`` without a command: the app starts its own server and joins it."""
 

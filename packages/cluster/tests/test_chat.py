@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
+
+import pytest
 
 from sockety.chat import ChatClient, ChatEvent, ChatServer
 from sockety.chat._client import (
@@ -86,15 +89,23 @@ async def people(*who: tuple[list[tuple[str, int]], str]) -> AsyncIterator[list[
 
 
 @asynccontextmanager
-async def chat_servers(nats: NatsServer, count: int, **room: Any) -> AsyncIterator[list[int]]:
+async def chats(nats: NatsServer, count: int, **room: Any) -> AsyncIterator[list[ChatServer]]:
+    """``count`` clustered chat servers in this process (``chat0``, ``chat1``, ...)."""
     async with AsyncExitStack() as stack:
-        ports = []
+        servers = []
         for index in range(count):
-            chat = ChatServer(room=ClusterRoom(nats.url, name=f"chat{index}", **room))
+            name = room.pop("name", f"chat{index}")
+            chat = ChatServer(room=ClusterRoom(nats.url, name=name, **room))
             await chat.start(HOST, 0)
             stack.push_async_callback(chat.close)
-            ports.append(chat.port)
-        yield ports
+            servers.append(chat)
+        yield servers
+
+
+@asynccontextmanager
+async def chat_servers(nats: NatsServer, count: int, **room: Any) -> AsyncIterator[list[int]]:
+    async with chats(nats, count, **room) as servers:
+        yield [chat.port for chat in servers]
 
 
 def one_each(ports: list[int], *names: str) -> list[tuple[list[tuple[str, int]], str]]:
@@ -272,5 +283,56 @@ def test_workers_share_a_port_and_are_one_room(nats: NatsServer, run: Any) -> No
             await everyone[0].client.say("to all workers")
             for person in everyone:
                 await person.until(lambda p=person: p.said() == ["user0: to all workers"])
+
+    run(main)
+
+
+def test_nobody_can_connect_before_the_room_is_ready(nats: NatsServer, run: Any) -> None:
+    """A clustered chat server listens only once its link to NATS and its room are up: with
+    ``--workers`` the kernel then gives connections only to workers that are ready. (The cause
+    of a flaky ``test_workers_share_a_port_and_are_one_room``: the server listened before its
+    link was up, so a person who came to a worker still joining NATS could not take a name,
+    or missed changes to the users list.)"""
+
+    async def main() -> None:
+        # The port held as --workers holds it (bound, not listening): nobody listens until
+        # the chat server does.
+        holder = socket.socket(socket.AF_INET)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((HOST, 0))
+        port = holder.getsockname()[1]
+        async with (
+            chat_servers(nats, 1) as (one,),
+            people(([(HOST, one)], "alice")) as (alice,),
+        ):
+            room = ClusterRoom(nats.url, name="starting")
+            link = room.cluster
+            starting, release = asyncio.Event(), asyncio.Event()
+            start = link.start
+
+            async def held_start(server: Any = None) -> None:
+                starting.set()
+                await release.wait()
+                await start(server)
+
+            link.start = held_start  # type: ignore[method-assign]
+            chat = ChatServer(room=room)
+            started = asyncio.ensure_future(chat.start(HOST, port, reuse_port=True))
+            try:
+                await starting.wait()  # the link is on its way up
+                with pytest.raises(ConnectionRefusedError):
+                    await asyncio.open_connection(HOST, port)
+                release.set()
+                await started
+                async with people(([(HOST, port)], "bob")) as (bob,):
+                    for person in (alice, bob):
+                        await person.until(lambda p=person: set(p.client.users) == {"alice", "bob"})
+                    await alice.client.say("hello bob")
+                    await bob.until(lambda: bob.said() == ["alice: hello bob"])
+            finally:
+                release.set()
+                await asyncio.gather(started, return_exceptions=True)
+                await chat.close()
+                holder.close()
 
     run(main)

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from sockety.chat._client import ChatError, PrivateMessage
+from sockety.chat._cluster import REMOTE_PIECES_AHEAD, ClusterRoom
 from sockety.chat._protocol import PIECE_SIZE
 from sockety.cluster import NatsServer
 
-from .test_chat import Person, chat_servers, one_each, people
+from .conftest import HOST
+from .test_chat import Person, chat_servers, chats, one_each, people
 
 
 @asynccontextmanager
@@ -131,5 +133,113 @@ def test_a_remote_get_the_owner_cannot_read_fails_plainly(
             await bob.until(lambda: file.state == "failed")
             assert file.error
             assert not (tmp_path / "bob" / "doc.txt").exists()
+
+    run(main)
+
+
+def test_an_offer_has_one_number_on_every_server(
+    nats: NatsServer, run: Any, tmp_path: Path
+) -> None:
+    """Offers from servers that did not see the same offers before (one started later): all
+    see each offer under the same ``#N`` (its owner too), and ``/get #N`` works with that
+    number from any server."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(os.urandom(1000))
+    second.write_bytes(os.urandom(PIECE_SIZE + 5))
+
+    async def main() -> None:
+        async with (
+            chat_servers(nats, 2) as ports,
+            people(*one_each(ports, "alice", "bob")) as (alice, bob),
+        ):
+            await bob.until(lambda: set(bob.client.users) == {"alice", "bob"})
+            one = await alice.client.offer_file(first)
+            await bob.until(lambda: one.index in bob.client.files)
+            async with (
+                chats(nats, 1, name="later") as (later,),
+                people(([(HOST, later.port)], "dave")) as (dave,),
+            ):
+                for person in (alice, bob):
+                    await person.until(lambda p=person: "dave" in p.client.users)
+                two = await dave.client.offer_file(second)
+                assert one.index != two.index
+                for person in (alice, bob):
+                    await person.until(lambda p=person: two.index in p.client.files)
+                assert {n: f.name for n, f in bob.client.files.items()} == {
+                    one.index: "first.bin",
+                    two.index: "second.bin",
+                }
+                assert {n: f.author for n, f in alice.client.files.items()} == {two.index: "dave"}
+                for person, number, source in ((bob, two.index, second), (bob, one.index, first)):
+                    file = person.client.get(number, tmp_path / f"got{number}")
+                    await person.until(lambda f=file: f.state != "receiving")
+                    assert (file.state, file.error) == ("saved", "")
+                    assert digest(tmp_path / f"got{number}" / source.name) == digest(source)
+
+    run(main)
+
+
+def test_a_renamed_owner_keeps_their_offers_on_every_server(
+    nats: NatsServer, run: Any, tmp_path: Path
+) -> None:
+    """An offer belongs to its owner, not to the name they had: after a rename it is still
+    offered everywhere, and whoever gets it gets it from the new name."""
+    source = tmp_path / "notes.txt"
+    source.write_bytes(os.urandom(2 * PIECE_SIZE))
+
+    async def main() -> None:
+        async with three_servers(nats) as (alice, bob, carol):
+            upload = await alice.client.offer_file(source)
+            await bob.until(lambda: upload.index in bob.client.files)
+            await alice.client.set_name("alicia")
+            for person in (bob, carol):  # the old name left the presence everywhere
+                await person.until(
+                    lambda p=person: set(p.client.users) == {"alicia", "bob", "carol"}
+                )
+            file = bob.client.get(upload.index, tmp_path / "bob")
+            await bob.until(lambda: file.state != "receiving")
+            assert (file.state, file.error) == ("saved", "")
+            assert digest(tmp_path / "bob" / "notes.txt") == digest(source)
+            await alice.until(lambda: upload.sent == source.stat().st_size)
+
+    run(main)
+
+
+def test_a_remote_get_keeps_a_window_of_pieces_in_flight(
+    nats: NatsServer, run: Any, tmp_path: Path
+) -> None:
+    """A file from another server is pulled ``pieces_ahead`` pieces at a time (not one round
+    trip per piece), never more, with progress all the way; what is in flight is counted."""
+    source = tmp_path / "big.bin"
+    pieces = 3 * REMOTE_PIECES_AHEAD
+    source.write_bytes(os.urandom(pieces * PIECE_SIZE - 1))
+    size = source.stat().st_size
+
+    async def main() -> None:
+        async with (
+            chats(nats, 2) as servers,
+            people(*one_each([c.port for c in servers], "alice", "bob")) as (alice, bob),
+        ):
+            owner_room, relay_room = (chat.room for chat in servers)
+            assert isinstance(relay_room, ClusterRoom)
+            await bob.until(lambda: set(bob.client.users) == {"alice", "bob"})
+            upload = await alice.client.offer_file(source)
+            await bob.until(lambda: upload.index in bob.client.files)
+            file = bob.client.get(upload.index, tmp_path / "bob")
+            await bob.until(lambda: file.state != "receiving")
+            assert (file.state, file.error) == ("saved", "")
+            assert digest(tmp_path / "bob" / "big.bin") == digest(source)
+            relayed = relay_room.relays
+            assert (relayed.pieces, relayed.bytes, relayed.in_flight) == (pieces, size, 0)
+            assert relayed.peak_in_flight == relay_room.pieces_ahead == REMOTE_PIECES_AHEAD
+            # The owner's server really had several asked at once (one NATS round trip each),
+            # never more than the window.
+            assert isinstance(owner_room, ClusterRoom)
+            served = owner_room.served
+            assert 1 < served.peak_in_flight <= REMOTE_PIECES_AHEAD
+            assert (served.pieces, served.in_flight) == (pieces, 0)
+            progress = [received for number, received in bob.progress if number == upload.index]
+            assert progress == sorted(progress) and progress[-1] == size
+            assert len(set(progress)) > 2  # it moved on the way, not only at the end
 
     run(main)

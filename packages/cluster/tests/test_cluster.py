@@ -162,3 +162,36 @@ def test_nats_without_jetstream_fails_clearly(tmp_path: Any) -> None:
                 await Cluster(nats.url).start()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_ask_is_answered_by_the_server_asked(nats: NatsServer, run: Any) -> None:
+    """``ask(server, topic)``: that server's ``answer(topic)`` handler replies (also when it is
+    this server); a server that is not there, a topic it does not answer, a handler that
+    fails: NotConnectedError, saying why."""
+
+    async def main() -> None:
+        async with (
+            Cluster(nats.url, name="one") as one,
+            Cluster(nats.url, name="two") as two,
+        ):
+
+            @two.answer("echo")
+            async def echo(data: bytes, origin: str) -> bytes:
+                return origin.encode() + b" asked " + data
+
+            @two.answer("broken")
+            async def broken(data: bytes, origin: str) -> bytes:
+                raise RuntimeError("a bug")
+
+            assert await one.ask("two", "echo", b"hi") == b"one asked hi"
+            assert await two.ask("two", "echo", b"me") == b"two asked me"  # no round trip
+            with pytest.raises(NotConnectedError, match="no such server"):
+                await one.ask("three", "echo", b"hi")
+            with pytest.raises(NotConnectedError, match="no answer to 'nothing'"):
+                await one.ask("two", "nothing", b"")
+            with pytest.raises(NotConnectedError, match="a bug"):
+                await one.ask("two", "broken", b"")
+            with pytest.raises(ValueError):
+                one.answer("not a token.")
+
+    run(main)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+from sockety.chat import ChatClient, ChatEvent
+from sockety.chat._client import ChatMessage, UsersChanged
 from sockety.cluster import Cluster, NatsServer
 from sockety.cluster._demo import SAY, TELL
 
-from .conftest import cluster_of, clustered, peer
+from .conftest import HOST, cluster_of, clustered, peer
+from .test_chat import chats
 
 
 def test_outgoing_queue_is_bounded_while_nats_is_down(nats: NatsServer, run: Any) -> None:
@@ -147,3 +151,55 @@ def test_a_slow_subscriber_is_bounded_and_its_drops_counted(nats: NatsServer, ru
             assert got == sorted(got, key=int)  # and in order
 
     run(main)
+
+
+def test_chat_load_50_users_10000_messages_3_servers(nats: NatsServer, run: Any) -> None:
+    """The chat under load: 50 people on 3 clustered chat servers say 200 things each, all at
+    once (10,000 messages, 500,000 deliveries): everyone gets every message once, each
+    person's in the order they said them, and all in the same order (the history's)."""
+    users, each = 50, 200
+
+    async def main() -> None:
+        async with chats(nats, 3) as servers:
+            done = [asyncio.Event() for _ in range(users)]
+            heard: list[list[tuple[int, str, str]]] = [[] for _ in range(users)]
+            ready = [asyncio.Event() for _ in range(users)]
+            everyone = {f"user{i:02}" for i in range(users)}
+
+            def recorder(i: int) -> Callable[[ChatEvent], None]:
+                def record(event: ChatEvent) -> None:
+                    if isinstance(event, ChatMessage):
+                        heard[i].append((event.id, event.author, event.content))
+                        if len(heard[i]) >= users * each:
+                            done[i].set()
+                    elif isinstance(event, UsersChanged) and set(event.names) == everyone:
+                        ready[i].set()  # everyone is in
+
+                return record
+
+            clients = [
+                ChatClient(HOST, servers[i % 3].port, name=f"user{i:02}", on_event=recorder(i))
+                for i in range(users)
+            ]
+            tasks = [asyncio.ensure_future(client.run()) for client in clients]
+            try:
+                for event in ready:
+                    await event.wait()
+                verdicts = [client.send_message(f"{n}") for n in range(each) for client in clients]
+                await asyncio.gather(*verdicts)
+                for event in done:
+                    await event.wait()
+                first = heard[0]
+                assert len(first) == users * each
+                assert [m[0] for m in first] == list(range(1, users * each + 1))
+                for i, got in enumerate(heard):
+                    assert got == first, f"user{i:02} saw another order"
+                for name in (c.wanted_name for c in clients):
+                    mine = [content for _, author, content in first if author == name]
+                    assert mine == [f"{n}" for n in range(each)]
+            finally:
+                for client in clients:
+                    await client.stop()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(main, timeout=100)

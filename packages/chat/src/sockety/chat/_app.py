@@ -417,7 +417,10 @@ class ChatApp(App[None]):
             logger.exception("shutdown failed")
 
     def shown_address(self) -> str:
-        """The server's address as shown on screen."""
+        """The server's address as shown on screen: the one the client is on (with several
+        addresses, it moves to the next when a server goes away)."""
+        if self.client is not None:
+            return self.client.address
         return f"{self.host}:{self.port}"
 
     # -- the log ---------------------------------------------------------------------------------

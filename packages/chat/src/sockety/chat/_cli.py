@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="with --cluster: processes sharing the port"
     )
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        choices=range(1, 6),
+        default=1,
+        metavar="N",
+        help="with --cluster: JetStream copies of the history in a NATS cluster (1; 3 for three "
+        "NATS nodes)",
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     join = commands.add_parser("join", help="join a chat server")
@@ -158,7 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         room = (
-            ClusterRoom(args.cluster, history=args.history, stall=args.stall)
+            ClusterRoom(
+                args.cluster, history=args.history, stall=args.stall, replicas=args.replicas
+            )
             if args.cluster
             else None
         )

@@ -14,11 +14,14 @@
 - A private message to someone on another server is a cluster request to their name, handled
   there (``private``): it is confirmed to its sender once it was delivered, and a name nobody
   holds is refused as on one server.
-- File offers cross as a topic; each server numbers the offers of others as its own (``#N`` is
-  a server's number, like its message ids). ``/get`` of another server's offer asks the owner's
-  name for one piece at a time (a cluster request, ``piece``, handled where the owner is by
-  asking its connection, as on one server). Offers are withdrawn when their owner's name leaves
-  the presence (they left, were renamed, or their server died).
+- File offers go into a second JetStream stream (``offers``): its sequence is the offer's
+  ``#N``, the same on every server, and every server tells its members of the others' offers
+  as it follows the stream. An offer belongs to the server its owner is on (not to the owner's
+  name, so a rename keeps it): ``/get #N`` of another server's offer first asks that server
+  whether it is still offered and by whom (``Cluster.ask(server, "offer")``: a name that is
+  gone, a server that is gone, are "no longer offered"), then pulls the file from it
+  ``pieces_ahead`` pieces at a time (``Cluster.ask(server, "piece")``, answered there by
+  asking the owner's connection, as on one server): one round trip per window, not per piece.
 
 Imported only with ``--cluster``: sockety-chat does not depend on sockety-cluster.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -39,7 +43,7 @@ from sockety.core import SocketyError
 from sockety.server import Connection, FastReply
 
 from . import _protocol as p
-from ._server import Member, Offer, PieceError, Room, _TypingRelay
+from ._server import Member, Offer, OfferError, PieceError, RelayStats, Room, _TypingRelay
 
 __all__ = ["ClusterRoom"]
 
@@ -47,6 +51,11 @@ logger = logging.getLogger("sockety.chat.cluster")
 
 #: A ``since`` gets at most this many messages (the history's retention bounds it anyway).
 MAX_CATCH_UP = 10_000
+#: Pieces a relay of another server's file asks ahead (each a NATS round trip): 2 MiB.
+REMOTE_PIECES_AHEAD = 8
+#: Pieces of our members' files read for other servers at once (8 MiB, half the link's
+#: outgoing queue, which their replies go through); more asks wait their turn.
+MAX_SERVED_PIECES = 32
 
 
 class _Typist:
@@ -56,12 +65,22 @@ class _Typist:
         self.name = name
 
 
+@dataclass(eq=False)
+class _RemoteOffer(Offer):
+    """Another server's offer, found still offered there (``owner``: its current name)."""
+
+    server: str = ""
+
+
 @dataclass(frozen=True)
 class _Remote:
-    """Where another server's offer lives: its owner's name and the number it has there."""
+    """Another server's offer, as its record in the offers stream says."""
 
-    owner: str
-    file: int
+    server: str
+    owner: str  # the name it was offered under (the owning server knows the current one)
+    name: str
+    size: int
+    date: str
 
 
 class ClusterRoom(Room):
@@ -78,10 +97,13 @@ class ClusterRoom(Room):
         # clients that never send one, like the reference's).
         since_wait: float = 1.0,
         name: str | None = None,
+        # JetStream copies of the history, the offers and the presence (3 in a NATS cluster
+        # of three survives one node's loss).
+        replicas: int = 1,
         **room_options: Any,
     ) -> None:
         super().__init__(**room_options)
-        self.cluster = Cluster(servers, prefix=prefix, name=name)
+        self.cluster = Cluster(servers, prefix=prefix, name=name, replicas=replicas)
         self.cluster_link = self.cluster
         self.history_size = history
         self.since_wait = since_wait
@@ -92,19 +114,31 @@ class ClusterRoom(Room):
         self._waiting: dict[Member, asyncio.TimerHandle] = {}
         self._remote_typing: dict[tuple[str, str], _TypingRelay] = {}
         self._jobs: set[asyncio.Task[Any]] = set()
-        self._remote_offers: dict[int, _Remote] = {}  # our number -> where it lives
+        self.offer_log = History(self.cluster, "offers", max_records=retention)
+        self._retention = retention
+        self._remote_offers: OrderedDict[int, _Remote] = OrderedDict()  # #N -> its server's
+        self.pieces_ahead = REMOTE_PIECES_AHEAD
+        #: Pieces of our members' offers asked by other servers' relays (``relays``: by ours).
+        self.served = RelayStats()
+        self._serving = asyncio.Semaphore(MAX_SERVED_PIECES)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def started(self) -> None:
+    async def starting(self) -> None:
+        """The link is up and everything the room listens to is set up before the chat server
+        listens: nobody can join a room that would miss what it is told."""
+        await self.cluster.start()
+        self.cluster.on_presence = self._on_presence
+        self.cluster.handle("private")(self._on_whisper)
+        self.cluster.answer("offer")(self._on_offer_asked)
+        self.cluster.answer("piece")(self._on_piece_asked)
         await self.history.start()
+        await self.offer_log.start()
         await self.history.follow(self._on_record, after=await self.history.last_sequence())
+        await self.offer_log.follow(self._on_offer, after=await self.offer_log.last_sequence())
         await self.cluster.subscribe("system", self._on_system)
         await self.cluster.subscribe("typing", self._on_typing)
-        await self.cluster.subscribe("offers", self._on_offer)
-        self.cluster.handle("private")(self._on_whisper)
-        self.cluster.handle("piece")(self._on_piece)
-        self.cluster.on_presence = self._on_presence
+        await self.cluster.subscribe("withdrawn", self._on_withdrawn)
 
     async def stopped(self) -> None:
         for relay in list(self._remote_typing.values()):
@@ -116,6 +150,7 @@ class ClusterRoom(Room):
         for task in list(self._jobs):
             task.cancel()
         await self.history.close()
+        await self.offer_log.close()
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -177,7 +212,10 @@ class ClusterRoom(Room):
             logger.warning("could not publish %s's presence: %s", name, error)
 
     def leave(self, member: Member, reason: str = "") -> None:
+        withdrawn = [o.id for o in self.offers.values() if o.owner is member]
         super().leave(member, reason)
+        if withdrawn:  # the others forget them now (a get would find them gone anyway)
+            self._publish("withdrawn", withdrawn)
         timer = self._waiting.pop(member, None)
         if timer is not None:
             timer.cancel()
@@ -191,10 +229,6 @@ class ClusterRoom(Room):
                     relay.ended = True
                     self._typing_changed(relay)
                     del self._remote_typing[origin, author]
-            for number, remote in list(self._remote_offers.items()):
-                if remote.owner == key:  # as on one server: gone with its owner
-                    del self._remote_offers[number]
-                    self.offers.pop(number, None)
         self._users()
 
     # -- messages -------------------------------------------------------------------------------
@@ -346,52 +380,101 @@ class ClusterRoom(Room):
 
     # -- files ----------------------------------------------------------------------------------
 
-    def offer(self, member: Member, name: str, size: int) -> Offer:
-        offer = super().offer(member, name, size)
-        self._publish("offers", [member.name, offer.id, name, size, offer.date])
+    async def offer(self, member: Member, name: str, size: int) -> Offer:
+        """Numbered by the offers stream (``#N`` is the same on every server)."""
+        date = self.now()
+        record = {"server": self.cluster.id, "owner": member.name, "name": name, "size": size}
+        try:
+            number = await self.offer_log.append(msgpack.packb({**record, "date": date}))
+        except ClusterError as error:
+            raise OfferError(f"the offers stream did not take it: {error}") from None
+        offer = Offer(number, member, name, size, date)
+        if member.left:  # gone while NATS numbered it: it is not offered after all
+            self._publish("withdrawn", [number])
+            raise OfferError(f"{member.name} left")
+        self.offers[number] = offer
         return offer
 
-    def _on_offer(self, data: bytes, origin: str) -> None:
-        value = _unpack(data)
-        if not (isinstance(value, list) and len(value) == 5):
-            return
-        owner, number, name, size, date = value
-        if not (
-            isinstance(owner, str)
-            and isinstance(number, int)
-            and isinstance(size, int)
-            and size >= 0
-            and isinstance(date, str)
-        ):
-            return
-        name = p.clean_file_name(name)
-        offer = super().offer(cast(Member, _Typist(owner)), name, size)
-        offer.date = date
-        self._remote_offers[offer.id] = _Remote(owner, number)
-        meta = {"file": offer.id, "date": date, "author": owner}
-        self.publish(p.OFFER_DOWN, {**meta, "name": name, "size": size})
+    def _on_offer(self, sequence: int, data: bytes) -> None:
+        """The offers stream: another server's offer is announced to our members."""
+        remote = _remote_of(_unpack(data))
+        if remote is None or remote.server == self.cluster.id:
+            return  # ours: announced by the chat server already
+        self._remember(sequence, remote)
+        meta = {"file": sequence, "date": remote.date, "author": remote.owner}
+        self.publish(p.OFFER_DOWN, {**meta, "name": remote.name, "size": remote.size})
+
+    def _remember(self, number: int, remote: _Remote) -> None:
+        self._remote_offers[number] = remote
+        while len(self._remote_offers) > self._retention:  # bounded like the stream
+            self._remote_offers.popitem(last=False)
+
+    def _on_withdrawn(self, data: bytes, origin: str) -> None:
+        numbers = _unpack(data)
+        if isinstance(numbers, list):
+            for number in numbers:
+                remote = self._remote_offers.get(number) if isinstance(number, int) else None
+                if remote is not None and remote.server == origin:
+                    del self._remote_offers[number]
+
+    async def find_offer(self, number: int) -> Offer | None:
+        """Ours, or another server's if that server says it is still offered (and by whom:
+        the owner may have been renamed since)."""
+        if number in self.offers:
+            return self.offers[number]
+        remote = self._remote_offers.get(number)
+        if remote is None:  # offered before we followed the stream, or forgotten since
+            try:
+                remote = _remote_of(_unpack(await self.offer_log.get(number) or b""))
+            except ClusterError as error:
+                logger.warning("could not look #%d up: %s", number, error)
+                return None
+            if remote is None or remote.server == self.cluster.id:
+                return None  # not an offer, or ours and gone
+        try:
+            reply = await self.cluster.ask(
+                remote.server, "offer", msgpack.packb(number), timeout=self.cluster.request_timeout
+            )
+        except ClusterError:  # its server is gone, or NATS is: not offered any more
+            reply = b""
+        owner = _unpack(reply) if reply else None
+        if not isinstance(owner, str):
+            self._remote_offers.pop(number, None)
+            return None
+        self._remember(number, remote)
+        owner_now = cast(Member, _Typist(owner))
+        return _RemoteOffer(number, owner_now, remote.name, remote.size, remote.date, remote.server)
+
+    async def _on_offer_asked(self, data: bytes, origin: str) -> bytes:
+        """Another server asks whether our offer ``#N`` is still offered: its owner's name."""
+        number = _unpack(data)
+        offer = self.offers.get(number) if isinstance(number, int) else None
+        if offer is None or offer.owner.left:
+            return b""
+        return bytes(msgpack.packb(offer.owner.name))
 
     def ask_piece(
         self, offer: Offer, offset: int, size: int, *, timeout: float
     ) -> Coroutine[Any, Any, bytes]:
-        remote = self._remote_offers.get(offer.id)
-        if remote is None:
+        if not isinstance(offer, _RemoteOffer):
             return super().ask_piece(offer, offset, size, timeout=timeout)
-        return self._remote_piece(remote, offset, size, timeout)
+        return self._remote_piece(offer.server, offer.id, offset, size, timeout)
 
-    async def _remote_piece(self, remote: _Remote, offset: int, size: int, timeout: float) -> bytes:
-        asked = p.PIECE({"file": remote.file, "offset": offset, "size": size})
+    async def _remote_piece(
+        self, server: str, number: int, offset: int, size: int, timeout: float
+    ) -> bytes:
+        asked = msgpack.packb({"file": number, "offset": offset, "size": size})
         try:
-            reply = await self.cluster.request(remote.owner, asked, timeout=timeout)
+            piece = await self.cluster.ask(server, "piece", asked, timeout=timeout)
         except ClusterError:
             raise PieceError("its owner left or stopped answering") from None
-        if reply.fast_reply is not None or len(reply.data) != size:
+        if len(piece) != size:
             raise PieceError("its owner could not read it")
-        return reply.data
+        return piece
 
-    async def _on_piece(self, connection: Connection, data: bytes) -> bytes:
-        """Another server relays one of our offers: a piece of it, read as for a member here
-        (nothing, which the asker takes as a failure, for anything but the owner's own)."""
+    async def _on_piece_asked(self, data: bytes, origin: str) -> bytes:
+        """Another server relays one of our offers: a piece of it, read from its owner as for
+        a member here (nothing, which the asker takes as a failure, if it cannot be had)."""
         value = _unpack(data)
         if not isinstance(value, dict):
             return b""
@@ -399,19 +482,43 @@ class ClusterRoom(Room):
         offer = self.offers.get(number) if isinstance(number, int) else None
         if (
             offer is None
-            or offer.id in self._remote_offers
-            or offer.owner.connection is not connection
             or not isinstance(offset, int)
             or not isinstance(size, int)
             or not (offset >= 0 and 0 < size <= p.PIECE_SIZE and offset + size <= offer.size)
         ):
             return b""
-        try:
-            return await super().ask_piece(
-                offer, offset, size, timeout=self.cluster.request_timeout
-            )
-        except PieceError:
-            return b""
+        served = self.served
+        async with self._serving:
+            served.in_flight += 1
+            served.peak_in_flight = max(served.peak_in_flight, served.in_flight)
+            try:
+                piece = await super().ask_piece(
+                    offer, offset, size, timeout=self.cluster.request_timeout
+                )
+            except PieceError:
+                return b""
+            finally:
+                served.in_flight -= 1
+        served.pieces += 1
+        served.bytes += len(piece)
+        return piece
+
+
+def _remote_of(record: Any) -> _Remote | None:
+    """An offers stream record, checked."""
+    if not isinstance(record, dict):
+        return None
+    server, owner = record.get("server"), record.get("owner")
+    size, date = record.get("size"), record.get("date")
+    if not (
+        isinstance(server, str)
+        and isinstance(owner, str)
+        and isinstance(size, int)
+        and size >= 0
+        and isinstance(date, str)
+    ):
+        return None
+    return _Remote(server, owner, p.clean_file_name(record.get("name")), size, date)
 
 
 def _unpack(data: bytes) -> Any:

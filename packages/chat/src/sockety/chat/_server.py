@@ -18,15 +18,19 @@ The seam (where a cluster layer plugs in): all the room's state and every fan-ou
   ``stall`` seconds while messages wait, is disconnected with that reason. Nobody else ever
   waits for it.
 - A room across servers (``sockety.chat._cluster.ClusterRoom``) also uses ``cluster_link``,
-  ``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and ``since``: in one
-  process they publish, rename and do nothing.
+  ``starting``/``started``/``stopped``, ``say`` (room-wide messages), ``rename_to`` and
+  ``since``: in one process they publish, rename and do nothing.
 - ``Room.whisper(member, to, content, key=...)``: a private message to the member named ``to``
   (and its echo to the sender); BadRequest when nobody has that name.
-- ``Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered for the
-  room); ``Room.ask_piece(offer, offset, size, timeout=...)`` asks its owner for one piece;
-  ``ChatServer`` relays it to each member who asks (``get``) by asking the owner for it
-  piece by piece, only as fast as that receiver takes it (so one slow receiver holds nothing but
-  its own copy, and a receiver stalled for ``stall`` seconds loses only its own transfer).
+- ``await Room.offer(member, name, size)``: registers a file its owner offers (``#N``, numbered
+  for the room; :class:`OfferError` when it cannot be); ``await Room.find_offer(number)``: the
+  offer a ``get`` asks for, if still offered; ``Room.ask_piece(offer, offset, size,
+  timeout=...)`` asks its owner for one piece at once (the coroutine gives it). ``ChatServer``
+  relays a file to each member who asks (``get``) by asking the owner for it piece by piece,
+  ``Room.pieces_ahead`` pieces in flight at most (``Room.relays`` counts them), only as fast as
+  that receiver takes it (so one slow receiver holds nothing but its own copy, at most
+  ``pieces_ahead`` pieces, and a receiver stalled for ``stall`` seconds loses only its own
+  transfer).
 
 Chat messages never wait behind file data: they are separate exchanges, and the connection
 writes small messages between the packets of large content.
@@ -64,13 +68,25 @@ from sockety.server import (
 
 from . import _protocol as p
 
-__all__ = ["ChatServer", "Member", "Offer", "PieceError", "Room"]
+__all__ = ["ChatServer", "Member", "Offer", "OfferError", "PieceError", "RelayStats", "Room"]
 
 logger = logging.getLogger("sockety.chat.server")
 
 #: Pieces of a file asked of its owner ahead of what its receiver took: at most this many
 #: times ``PIECE_SIZE`` (1 MiB) is held per receiver, enough to keep a fast one busy.
-_PIECES_AHEAD = 4
+PIECES_AHEAD = 4
+
+
+@dataclass
+class RelayStats:
+    """What the room's file relays hold and did: pieces asked and not yet handed to their
+    receiver (``in_flight``, and the most at once: ``peak_in_flight``), pieces and bytes
+    relayed in all."""
+
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    pieces: int = 0
+    bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -225,6 +241,9 @@ class Room:
         self._next_id = 0
         self._next_offer = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Pieces one relay (one receiver's copy of a file) asks ahead: its memory bound.
+        self.pieces_ahead = PIECES_AHEAD
+        self.relays = RelayStats()
 
     # -- people ----------------------------------------------------------------------------------
 
@@ -378,6 +397,10 @@ class Room:
     #: What ``serve(cluster=...)`` gets: None for a room in one process.
     cluster_link: Any = None
 
+    async def starting(self) -> None:
+        """The chat server is about to listen: what the room needs before anyone joins (a
+        room across servers starts its cluster link here, ``serve`` only gives it the server)."""
+
     async def started(self) -> None:
         """The chat's server listens (and its cluster link, if any, is up)."""
 
@@ -411,11 +434,16 @@ class Room:
 
     # -- files -----------------------------------------------------------------------------------
 
-    def offer(self, member: Member, name: str, size: int) -> Offer:
+    async def offer(self, member: Member, name: str, size: int) -> Offer:
+        """Numbers and registers ``member``'s offer (raises :class:`OfferError` if it cannot)."""
         self._next_offer += 1
         offer = Offer(self._next_offer, member, name, size, self.now())
         self.offers[offer.id] = offer
         return offer
+
+    async def find_offer(self, number: int) -> Offer | None:
+        """The offer ``#number``, if it is still offered."""
+        return self.offers.get(number)
 
     def ask_piece(
         self, offer: Offer, offset: int, size: int, *, timeout: float
@@ -433,6 +461,10 @@ class Room:
 
 class PieceError(Exception):
     """A piece of an offered file could not be had from its owner (the message says why)."""
+
+
+class OfferError(Exception):
+    """A file could not be offered (the message says why)."""
 
 
 async def _piece_of(request: Request, size: int, timeout: float) -> bytes:
@@ -529,17 +561,27 @@ class ChatServer:
         ssl: ssl_module.SSLContext | None = None,
         reuse_port: bool = False,
     ) -> None:
-        self._server = await serve(
-            self._router,
-            host,
-            port,
-            ssl=ssl,
-            reuse_port=reuse_port,
-            on_connect=self.room.join,
-            on_disconnect=self._disconnected,
-            cluster=self.room.cluster_link,
-            **self._options,
-        )
+        # The room is ready before anyone can connect (a room across servers that is not yet
+        # would lose what it is told meanwhile; with --workers, the kernel gives connections
+        # only to servers that listen).
+        try:
+            await self.room.starting()
+            self._server = await serve(
+                self._router,
+                host,
+                port,
+                ssl=ssl,
+                reuse_port=reuse_port,
+                on_connect=self.room.join,
+                on_disconnect=self._disconnected,
+                cluster=self.room.cluster_link,
+                **self._options,
+            )
+        except BaseException:
+            await self.room.stopped()
+            if self.room.cluster_link is not None:
+                await self.room.cluster_link.close()
+            raise
         await self.room.started()
 
     @property
@@ -671,7 +713,7 @@ class ChatServer:
             self.room.end_typing(member, relay)
         return FastReply.ACCEPT
 
-    def _on_offer(self, message: Message) -> int | None:
+    async def _on_offer(self, message: Message) -> int | None:
         """``{name, size}``: answered with ``{id}``, and everyone else is told of it."""
         plain = self._plain(message)
         if plain is None or not isinstance(plain[1], dict):
@@ -681,7 +723,11 @@ class ChatServer:
         if not isinstance(size, int) or not 0 <= size <= self.max_file_size:
             return FastReply.BAD_REQUEST
         name = p.clean_file_name(data.get("name"))
-        offer = self.room.offer(member, name, size)
+        try:
+            offer = await self.room.offer(member, name, size)
+        except OfferError as error:
+            logger.warning("%s could not offer %s: %s", member.name, name, error)
+            return FastReply.INTERNAL_ERROR
         logger.info("%s offers #%d %s (%d bytes)", member.name, offer.id, name, size)
         message.respond(p.OFFERED({"id": offer.id}))
         meta = {"file": offer.id, "date": offer.date, "author": member.name}
@@ -696,10 +742,10 @@ class ChatServer:
             return self._reject(message)
         member, data = plain
         number = data.get("file")
-        offer = self.room.offers.get(number) if isinstance(number, int) else None
-        if offer is None or offer.owner is member:
+        offer = await self.room.find_offer(number) if isinstance(number, int) else None
+        if offer is None or offer.owner is member or member.left:
             return FastReply.BAD_REQUEST
-        relay = _FileRelay(offer, self.room.ask_piece, stall=self._stall)
+        relay = _FileRelay(offer, self.room, stall=self._stall)
         meta = {"file": offer.id, "date": offer.date, "author": offer.owner.name}
         try:
             transfer = member.connection.send_nowait(
@@ -739,31 +785,47 @@ class _FileRelay:
     receiver's connection takes it (the core pulls ``pieces()`` only when it can write)."""
 
     offer: Offer
-    ask: Callable[..., Coroutine[Any, Any, bytes]]  # Room.ask_piece
+    room: Room  # its ask_piece, pieces_ahead and relays
     stall: float
     failure: str = ""
     last: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        offer = self.offer
-        asked: deque[Coroutine[Any, Any, bytes]] = deque()
+        """The file's pieces in order, ``room.pieces_ahead`` asked at once (each one in flight
+        as soon as it is asked: over a cluster, one round trip per window, not per piece)."""
+        offer, room, stats = self.offer, self.room, self.room.relays
+        window = max(1, room.pieces_ahead)
+        asked: deque[asyncio.Future[bytes]] = deque()
         offset = 0
         loop = asyncio.get_running_loop()
         try:
             while offset < offer.size or asked:
-                while len(asked) < _PIECES_AHEAD and offset < offer.size:
+                while len(asked) < window and offset < offer.size:
                     size = min(p.PIECE_SIZE, offer.size - offset)
-                    asked.append(self.ask(offer, offset, size, timeout=self.stall))
+                    asked.append(
+                        asyncio.ensure_future(
+                            room.ask_piece(offer, offset, size, timeout=self.stall)
+                        )
+                    )
                     offset += size
-                piece = await asked.popleft()
+                    stats.in_flight += 1
+                    stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+                piece = await asked[0]
+                asked.popleft()
+                stats.in_flight -= 1
+                stats.pieces += 1
+                stats.bytes += len(piece)
                 self.last = loop.time()
                 yield piece
         except PieceError as error:
             self.failure = str(error)
             raise
         finally:
-            for waiting in asked:  # an aborted transfer: what was asked ahead is not awaited
-                waiting.close()
+            for waiting in asked:  # an aborted transfer: what was asked ahead is dropped
+                waiting.cancel()
+                if waiting.done() and not waiting.cancelled():
+                    waiting.exception()  # retrieved: nobody waits for it any more
+            stats.in_flight -= len(asked)
 
     async def watch(self, transfer: Transfer) -> str:
         """Waits for the end of the transfer, or until the receiver took nothing for ``stall``

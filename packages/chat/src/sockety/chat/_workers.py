@@ -20,7 +20,7 @@ _WORKER = "import sys; from sockety.chat._cli import main; sys.exit(main())"
 def worker_args(args: argparse.Namespace, port: int) -> list[str]:
     argv = ["serve", "--host", args.host, "--port", str(port), "--reuse-port"]
     argv += ["--max-file-size", str(args.max_file_size), "--history", str(args.history)]
-    argv += ["--stall", str(args.stall)]
+    argv += ["--stall", str(args.stall), "--replicas", str(args.replicas)]
     for url in args.cluster:
         argv += ["--cluster", url]
     if args.tls_cert:

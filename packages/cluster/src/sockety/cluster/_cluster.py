@@ -91,6 +91,9 @@ class Subjects:
     def ping(self, server: str) -> str:
         return f"{self.prefix}.srv.{server}.ping"
 
+    def ask(self, server: str, topic: str) -> str:
+        return f"{self.prefix}.srv.{server}.ask.{topic}"
+
     @property
     def presence_bucket(self) -> str:
         return f"{self.prefix}_presence"
@@ -107,6 +110,8 @@ class Reply:
 
 RequestHandler = Callable[[Connection, bytes], Awaitable[bytes]]
 TopicCallback = Callable[[bytes, str], Any]
+#: ``async def answer(data, origin_server) -> bytes``: a server's own answer to :meth:`Cluster.ask`.
+AskHandler = Callable[[bytes, str], Awaitable[bytes]]
 
 _packb = msgpack.Packer(autoreset=True, use_bin_type=True).pack
 
@@ -144,6 +149,9 @@ class Cluster:
         pending_bytes_limit: int = 64 * 1024 * 1024,
         # A server that died leaves its keys for at most this long; live ones refresh at 1/3.
         presence_ttl: float = 15.0,
+        # Copies JetStream keeps of the presence bucket (and, by default, of each History) in a
+        # NATS cluster: 3 survives the loss of one NATS node. 1 for a single nats-server.
+        replicas: int = 1,
         request_timeout: float = 5.0,
         # Requests handled here at once for other servers; more are refused (busy).
         max_concurrent_requests: int = 256,
@@ -167,6 +175,9 @@ class Cluster:
         self._pending_msgs = pending_msgs_limit
         self._pending_bytes = pending_bytes_limit
         self.presence_ttl = presence_ttl
+        if not 1 <= replicas <= 5:
+            raise ValueError(f"replicas: 1..5 (JetStream's range), not {replicas}")
+        self.replicas = replicas
         self.request_timeout = request_timeout
         self._requests = asyncio.Semaphore(max_concurrent_requests)
         self._reconnect_wait = reconnect_time_wait
@@ -187,11 +198,13 @@ class Cluster:
         self._refresher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._started = False
         # Presence: key -> (connection, KV revision, its two subscriptions); and back.
         self._local: dict[str, tuple[Connection, int, list[Subscription]]] = {}
         self._keys: dict[Connection, str] = {}
         self._binding: dict[Connection, asyncio.Lock] = {}
         self._handlers: dict[str, RequestHandler] = {}
+        self._answers: dict[str, AskHandler] = {}
         self._topics: dict[str, list[TopicCallback]] = {}
         self._topic_subs: dict[str, Subscription] = {}
         #: Called with (connection, key) when another server took the key over (this one was
@@ -245,7 +258,17 @@ class Cluster:
 
     async def start(self, server: Server | None = None) -> None:
         """Connects to NATS and subscribes; ``serve(cluster=...)`` calls it with its server
-        (without one, only topics, requests handled by :meth:`handle` and history work)."""
+        (without one, only topics, requests handled by :meth:`handle` and history work).
+
+        Started already (to be up before the server listens, so that nobody connects to a
+        server whose link is not): this only gives it the server."""
+        if self._started:
+            if self._closing:
+                raise ClusterUnavailableError("the cluster link is closed")
+            if server is not None:
+                self._server = server
+            return
+        self._started = True
         self._server = server
         nc = self._nc = NATS()
         try:
@@ -303,6 +326,7 @@ class Cluster:
                     limit_marker_ttl=self.presence_ttl,
                     history=1,
                     storage=StorageType.FILE,
+                    replicas=self.replicas,
                 )
             )
         except nats.js.errors.BadRequestError:
@@ -316,6 +340,7 @@ class Cluster:
         await self._watch_presence()
         await self._subscribe(self.subjects.broadcast, self._on_broadcast)
         await self._subscribe(self.subjects.ping(self.id), self._on_ping)
+        await self._subscribe(self.subjects.ask(self.id, "*"), self._on_ask)
 
     async def _subscribe(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> Any:
         return await self.nats.subscribe(
@@ -374,7 +399,7 @@ class Cluster:
         if isinstance(error, nats.errors.SlowConsumerError):
             self.metrics.dropped.labels("slow_consumer").inc()
             return
-        if not self._up.is_set():  # connect attempts while down: the disconnect said it
+        if not self._up.is_set() or self._closing:  # down (the disconnect said so), or leaving
             logger.debug("cluster: NATS error: %s", error or type(error).__name__)
             return
         logger.warning("cluster: NATS error: %s", error or type(error).__name__)
@@ -620,6 +645,93 @@ class Cluster:
     async def _on_ping(self, msg: Msg) -> None:
         if msg.reply:
             self._enqueue(msg.reply, b"pong", "reply")
+
+    # -- server to server -----------------------------------------------------------------------
+
+    def answer(self, topic: str) -> Callable[[AskHandler], AskHandler]:
+        """Registers how this server answers :meth:`ask` on ``topic`` (a subject token):
+        ``async def handler(data, origin_server) -> bytes``."""
+        if not _PREFIX.match(topic):
+            raise ValueError(f"topic {topic!r}: 1..32 letters, digits, _ or -")
+
+        def register(handler: AskHandler) -> AskHandler:
+            self._answers[topic] = handler
+            return handler
+
+        return register
+
+    async def ask(
+        self, server: str, topic: str, data: bytes, *, timeout: float | None = None
+    ) -> bytes:
+        """Has the server ``server`` (its ``id``) answer ``data`` on ``topic`` with what its
+        :meth:`answer` handler returns: for what belongs to a server rather than to one of its
+        connections. Raises :class:`NotConnectedError` when that server is not there, has no
+        such handler or does not answer within ``timeout`` (default ``request_timeout``)."""
+        if len(data) > self.max_payload:
+            raise PayloadTooLargeError(len(data), self.max_payload)
+        wait = self.request_timeout if timeout is None else timeout
+        if server == self.id:
+            handler = self._answers.get(topic)
+            if handler is None:
+                raise NotConnectedError(server, f"it does not answer {topic!r}")
+            try:
+                async with asyncio.timeout(wait):
+                    return await handler(data, self.id)
+            except TimeoutError:
+                raise NotConnectedError(server, f"it did not answer in {wait:g} s") from None
+        self.metrics.published.labels("request").inc()
+        payload = _packb((self.id, time.time(), data))
+        try:
+            answer = await self.nats.request(
+                self.subjects.ask(server, topic), payload, timeout=wait
+            )
+        except nats.errors.NoRespondersError:
+            raise NotConnectedError(server, "no such server") from None
+        except nats.errors.TimeoutError:
+            raise NotConnectedError(server, f"it did not answer in {wait:g} s") from None
+        except nats.errors.OutboundBufferLimitError:
+            raise ClusterUnavailableError("NATS is unreachable and its buffer is full") from None
+        self.metrics.received.labels("reply").inc()
+        status, result = msgpack.unpackb(answer.data)
+        if status == "error":
+            raise NotConnectedError(server, result)
+        return bytes(result)
+
+    async def _on_ask(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            origin, sent, data = msgpack.unpackb(msg.data)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            self.metrics.dropped.labels("malformed").inc()
+            return
+        self.metrics.received.labels("request").inc()
+        self.metrics.lag.observe(max(0.0, time.time() - sent))
+        topic = msg.subject.rsplit(".", 1)[-1]
+        handler = self._answers.get(topic)
+        if handler is None:
+            self._enqueue(msg.reply, _packb(("error", f"no answer to {topic!r} here")), "reply")
+            return
+        if self._requests.locked():
+            self._enqueue(msg.reply, _packb(("error", "its server is busy")), "reply")
+            return
+        self._spawn(self._answer_ask(msg.reply, topic, handler, data, origin))
+
+    async def _answer_ask(
+        self, reply: str, topic: str, handler: AskHandler, data: bytes, origin: str
+    ) -> None:
+        async with self._requests:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    result = await handler(data, origin)
+            except TimeoutError:
+                self._enqueue(reply, _packb(("error", "it did not answer in time")), "reply")
+                return
+            except Exception as error:  # the handler's bug: said to the asker, logged here
+                logger.exception("cluster: the answer to %r failed", topic)
+                self._enqueue(reply, _packb(("error", f"it failed: {error}")), "reply")
+                return
+        self._enqueue(reply, _packb((-1, result)), "reply")
 
     def _key_of_subject(self, subject: str) -> str | None:
         token = subject.rsplit(".", 1)[-1]

@@ -7,6 +7,7 @@ the stream still holds what came after: it keeps the last ``max_records``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -47,6 +48,12 @@ class History:
         max_bytes: int = 256 * 1024 * 1024,
         # An append NATS did not acknowledge in this long failed (it may still be stored).
         ack_timeout: float = 5.0,
+        # Copies in a NATS cluster (default: the cluster link's ``replicas``).
+        replicas: int | None = None,
+        # Appends waiting for their acknowledgement at once; more wait here, in order, before
+        # they are sent (a burst queues in this process instead of overloading JetStream,
+        # and each one's ack_timeout runs from when it was really sent).
+        max_in_flight: int = 64,
     ) -> None:
         self.cluster = cluster
         self.stream = f"{cluster.subjects.prefix}_{name}"
@@ -54,6 +61,8 @@ class History:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.ack_timeout = ack_timeout
+        self.replicas = cluster.replicas if replicas is None else replicas
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._follows: list[Any] = []
 
     async def start(self) -> None:
@@ -65,6 +74,7 @@ class History:
             max_msg_size=self.cluster.max_payload + 1024,  # and the headers js.publish adds
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
+            num_replicas=self.replicas,
         )
         js = self.cluster.jetstream
         try:
@@ -80,13 +90,14 @@ class History:
         if len(data) > self.cluster.max_payload:
             raise PayloadTooLargeError(len(data), self.cluster.max_payload)
         try:
-            ack = await self.cluster.jetstream.publish(
-                self.subject,
-                data,
-                timeout=self.ack_timeout,
-                stream=self.stream,
-                headers={"Nats-Msg-Id": msg_id} if msg_id else None,
-            )
+            async with self._in_flight:
+                ack = await self.cluster.jetstream.publish(
+                    self.subject,
+                    data,
+                    timeout=self.ack_timeout,
+                    stream=self.stream,
+                    headers={"Nats-Msg-Id": msg_id} if msg_id else None,
+                )
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             raise ClusterUnavailableError(
                 f"the history {self.stream!r} did not acknowledge: {error or type(error).__name__}"
@@ -97,6 +108,19 @@ class History:
     async def last_sequence(self) -> int:
         info = await self.cluster.jetstream.stream_info(self.stream)
         return int(info.state.last_seq)
+
+    async def get(self, sequence: int) -> bytes | None:
+        """The record at ``sequence``, or None when the stream does not hold it (not yet, or
+        no longer). Raises :class:`ClusterUnavailableError` when NATS did not answer."""
+        try:
+            msg = await self.cluster.jetstream.get_msg(self.stream, sequence)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
+            raise ClusterUnavailableError(
+                f"the history {self.stream!r} did not answer: {error or type(error).__name__}"
+            ) from error
+        return msg.data if msg.data is not None else b""
 
     async def read(self, count: int, *, after: int = 0) -> list[Record]:
         """Up to the last ``count`` records after sequence ``after``, oldest first."""

@@ -70,6 +70,7 @@ class NatsServer:
         self._process: asyncio.subprocess.Process | None = None
         self._log_task: asyncio.Task[None] | None = None
         self.log: deque[str] = deque(maxlen=200)  # the last lines, for failure reports
+        self._logged = asyncio.Condition()
 
     @property
     def url(self) -> str:
@@ -124,6 +125,16 @@ class NatsServer:
     async def _read_log(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             self.log.append(line.decode(errors="replace").rstrip())
+            async with self._logged:
+                self._logged.notify_all()
+
+    async def wait_log(self, pattern: str) -> str:
+        """Waits for a line of its log (since it was ready) that matches ``pattern`` (a
+        regular expression), and returns it (bound it with ``asyncio.timeout``)."""
+        found = re.compile(pattern)
+        async with self._logged:
+            await self._logged.wait_for(lambda: any(found.search(line) for line in self.log))
+        return next(line for line in self.log if found.search(line))
 
     async def stop(self, *, kill: bool = False) -> None:
         """Stops it (SIGTERM, or SIGKILL with ``kill``) and waits for the exit."""
