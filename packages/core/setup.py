@@ -20,6 +20,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HOT_MODULES = [
+    "src/sockety/core/_budget.py",
     "src/sockety/core/_receiver.py",
     "src/sockety/core/_sender.py",
     "src/sockety/core/_connection.py",

@@ -8,22 +8,24 @@ and an estimate of the bookkeeping of every unfinished exchange and declared fil
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = ["AHEAD", "EXCHANGE_COST", "FILE_COST", "UNEARNED", "MemoryPool"]
 
 #: Estimated bytes both layers keep for one unfinished incoming exchange (the receiver's record,
 #: the message object and its id, the entry in the connection's table), measured with
 #: ``sys.getsizeof`` on CPython 3.11-3.13 and rounded up.
-EXCHANGE_COST = 512
+EXCHANGE_COST: Final = 512
 #: Estimated bytes kept per declared file besides its name (its header tuple, the size still
 #: expected, and the reader the application gets), measured the same way.
-FILE_COST = 256
+FILE_COST: Final = 256
 #: What a peer may make us hold beyond twice what it sent: room for the declarations of one
 #: message with the largest header (``max_files`` files) before any of their content arrived.
-UNEARNED = 1024 * 1024
+UNEARNED: Final = 1024 * 1024
 #: Message data is allocated as it arrives: a buffer grows at most this far ahead of the bytes
 #: the peer sent (over all its messages), so that a connection that has sent a lot gets its
 #: large messages' buffers at once (no copy as they grow) and a new one pays per byte.
-AHEAD = 64 * 1024
+AHEAD: Final = 64 * 1024
 
 
 class MemoryPool:
