@@ -94,7 +94,7 @@ class Side:
         self.tag = tag
         self.conn = conn
         self.channels = channels
-        self.send_limit = conn._send_limit
+        self.send_limit = conn._sender._send_limit
         self.max_packet = max_packet
         self.counter = 0
         self.sent: dict[bytes, Sent] = {}
@@ -329,7 +329,7 @@ class Run:
             )
         if not sent.user_done:
             side.open.append(id)
-        outgoing = side.conn._outgoing.get(id)
+        outgoing = side.conn._sender._outgoing.get(id)
         if outgoing is not None and outgoing.channel < 0 and side.conn.opened:
             note("an exchange waited for a channel")
         if parent is not None:
@@ -376,7 +376,7 @@ class Run:
         if not candidates:
             return
         id = self.data.draw(st.sampled_from(candidates), label="abort")
-        outgoing = side.conn._outgoing.get(id)
+        outgoing = side.conn._sender._outgoing.get(id)
         done = side.conn.abort(id)
         assert done == (outgoing is not None)
         if outgoing is None:  # completely written already: nothing to abort

@@ -30,10 +30,13 @@ def public_names() -> Iterator[tuple[str, Any]]:
                 yield f"{module_name}.{name}", value
 
 
-def source_docstrings() -> dict[tuple[str, str], str]:
-    """(class, member) -> docstring, for every public method and property in the source."""
-    found: dict[tuple[str, str], str] = {}
+def source_docstrings() -> dict[tuple[str, str, str], str]:
+    """(module, class, member) -> docstring, for every public method and property in the
+    source (two modules may have a class of the same name: core and aio ``Connection``)."""
+    found: dict[tuple[str, str, str], str] = {}
     for path in SOURCE.rglob("*.py"):
+        parts = path.relative_to(SOURCE).with_suffix("").parts
+        module = ".".join(parts)
         for node in ast.parse(path.read_text()).body:
             if not isinstance(node, ast.ClassDef):
                 continue
@@ -41,7 +44,7 @@ def source_docstrings() -> dict[tuple[str, str], str]:
                 if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef):
                     doc = ast.get_docstring(member)
                     if doc and not member.name.startswith("_"):
-                        found[(node.name, member.name)] = doc
+                        found[(module, node.name, member.name)] = doc
     return found
 
 
@@ -68,7 +71,7 @@ def test_members_keep_their_docstrings() -> None:
             continue
         for klass in value.__mro__:
             for member, attribute in vars(klass).items():
-                doc = expected.get((klass.__name__, member))
+                doc = expected.get((klass.__module__, klass.__name__, member))
                 if doc is None:
                     continue
                 checked += 1

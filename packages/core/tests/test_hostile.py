@@ -123,7 +123,7 @@ def feed(conn: Connection, chunks: list[bytes]) -> list[Any]:
 
 def check_hostile_feed(conn: Connection, chunks: list[bytes]) -> RemoteProtocolError | None:
     """Feeds chunks; only RemoteProtocolError may come out, and then for good."""
-    bound = conn._max_header_size + 8
+    bound = conn._receiver._max_header_size + 8
     error: RemoteProtocolError | None = None
     for chunk in chunks:
         try:
@@ -136,7 +136,7 @@ def check_hostile_feed(conn: Connection, chunks: list[bytes]) -> RemoteProtocolE
             assert conn.failed
         else:
             assert error is None, "receive_data went on after a protocol error"
-        assert len(conn._pending) <= bound
+        assert len(conn._receiver._pending) <= bound
     if error is not None:
         with pytest.raises(RemoteProtocolError) as again:
             conn.receive_data(b"\xa0")
@@ -314,7 +314,7 @@ def test_an_endless_stream_packet_keeps_memory_flat() -> None:
         for _ in range(50 * MIB // len(block)):
             for event in conn.receive_data(block):
                 seen[0] += len(event.chunk)
-            assert len(conn._pending) == 0
+            assert len(conn._receiver._pending) == 0
 
     assert traced_peak(run) < 1 * MIB
     assert seen[0] == 50 * MIB
@@ -344,7 +344,7 @@ def test_fifty_megabytes_of_small_packets_keep_memory_flat() -> None:
         step = 7919  # a prime, so chunk edges fall everywhere in the packets
         for start in range(0, len(blob), step):
             counts[0] += len(conn.receive_data(blob[start : start + step]))
-            assert len(conn._pending) <= 1024 + 8
+            assert len(conn._receiver._pending) <= 1024 + 8
 
     peak = traced_peak(run)
     assert peak < 4 * MIB, peak
@@ -847,13 +847,13 @@ def test_a_header_trickling_in_is_not_reparsed_for_every_byte() -> None:
         wire += b"\x60\x01" + body[i : i + 1]
     conn = Connection()
     calls = [0]
-    parse = conn._parse_header
+    parse = conn._receiver._parse_header
 
     def counting(*args: Any) -> int:
         calls[0] += 1
         return parse(*args)
 
-    conn._parse_header = counting  # type: ignore[method-assign]
+    conn._receiver._parse_header = counting  # type: ignore[method-assign]
     events = conn.receive_data(bytes(wire))
     assert len(events[1].files) == 300
     assert events[1].files[-1] == FileHeader("n" * 200, 299)

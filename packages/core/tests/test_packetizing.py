@@ -165,7 +165,7 @@ def _apply(connection: Connection, general: bool, op: tuple[Any, ...], id: bytes
             _, action, size, stream, expects_response = op
             data = PATTERN[:size]
             if general:
-                connection._general_message(id, action, data, (), stream, expects_response)
+                connection._sender._general_message(id, action, data, (), stream, expects_response)
             else:
                 connection.send_message(
                     id, action, data, stream=stream, expects_response=expects_response
@@ -175,7 +175,7 @@ def _apply(connection: Connection, general: bool, op: tuple[Any, ...], id: bytes
             stream, expects_response = (False, False) if kind == "repeat_id" else op[2:]
             data = PATTERN[:size]
             if general:
-                connection._general_response(ID, id, data, (), stream, expects_response)
+                connection._sender._general_response(ID, id, data, (), stream, expects_response)
             else:
                 connection.send_response(
                     ID, id, data, stream=stream, expects_response=expects_response
@@ -185,7 +185,7 @@ def _apply(connection: Connection, general: bool, op: tuple[Any, ...], id: bytes
             files = [(f"f{n}", file_size) for n, file_size in enumerate(file_sizes)]
             data = bytes(size)
             if general:
-                connection._general_message(id, action, data, files, False, False)
+                connection._sender._general_message(id, action, data, files, False, False)
             else:
                 connection.send_message(id, action, data, files=files)
             for index, file_size in enumerate(file_sizes):

@@ -110,7 +110,7 @@ def decode_header(packet: bytes, **limits: Any) -> Any:
     events = conn.receive_data(b"\xe3" + packet)
     if len(events) == 2:
         return events[1]
-    return conn._incoming[0]
+    return conn._receiver._incoming[0]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+
+from ._events import Event
 
 __all__ = [
     "AbortedError",
@@ -79,13 +80,13 @@ class RemoteProtocolError(ProtocolError):
         message: str,
         *,
         channel: int | None = None,
-        events: Sequence[Any] = (),
+        events: Sequence[Event] = (),
     ) -> None:
         super().__init__(f"{message} ({kind.value})")
         self.kind = kind
         self.detail = message
         self.channel = channel
-        self.events: Sequence[Any] = events
+        self.events: Sequence[Event] = events
 
 
 class LocalProtocolError(ProtocolError):

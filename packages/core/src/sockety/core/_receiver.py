@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from struct import Struct
-from typing import Any
+from typing import final
 
 from ._budget import AHEAD, EXCHANGE_COST, FILE_COST, UNEARNED, MemoryPool
 from ._buffers import data_buffer
@@ -52,6 +52,7 @@ from ._events import (
     Aborted,
     ConnectionClosed,
     ConnectionOpened,
+    Event,
     FastReplyReceived,
     FileChunkReceived,
     FileEnded,
@@ -63,6 +64,7 @@ from ._events import (
     StreamChunkReceived,
     StreamEnded,
 )
+from ._sender import Sender
 
 __all__ = ["Receiver"]
 
@@ -84,11 +86,11 @@ _RESPONSE_WITH_DATA = Struct("<xBB16s16sBBB").unpack_from
 _RESPONSE_WITHOUT_DATA = Struct("<xBB16s16s").unpack_from
 
 
-def _released(buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+def _released(buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
     raise RemoteProtocolError(K.UNEXPECTED_PACKET, "input after the connection was released")
 
 
-_PacketHandler = Callable[[bytes, int, int, int, list[Any]], int]
+_PacketHandler = Callable[[bytes, int, int, int, list[Event]], int]
 _RELEASED: tuple[_PacketHandler, ...] = (_released,) * 16
 
 
@@ -143,8 +145,13 @@ class _Incoming:
         self.held = 0  # bytes counted for it against the budget
 
 
+@final
 class Receiver:
-    """Parses the peer's bytes into events: the receiving half of a Connection."""
+    """Parses the peer's bytes into events: the receiving half of a Connection.
+
+    It tells the sending half (``sender``) when the peer's connection header and Go Away
+    arrive: both change what may be sent. The halves share no other state.
+    """
 
     def __init__(
         self,
@@ -156,7 +163,9 @@ class Receiver:
         max_header_size: int,
         max_buffered_bytes: int,
         pool: MemoryPool | None = None,
+        sender: Sender,
     ) -> None:
+        self._sender = sender
         self._in_channels = channels
         self._max_action_size = max_action_size
         self._max_data_size = max_data_size
@@ -226,6 +235,11 @@ class Receiver:
         return self._received
 
     @property
+    def failed(self) -> bool:
+        """Whether the peer broke the protocol (``receive_data`` raises from then on)."""
+        return self._error is not None
+
+    @property
     def mid_header(self) -> bool:
         """Whether a packet or message header is partly here, waiting for the rest."""
         return bool(self._pending) or self._partial_headers > 0
@@ -254,7 +268,7 @@ class Receiver:
                 self._pool.give(self._held)
             self._held = 0
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the peer; returns the events they complete, in order.
 
         Raises :class:`RemoteProtocolError` on the first violation; its ``events`` attribute holds
@@ -276,7 +290,7 @@ class Receiver:
             buf = data
         else:
             buf = bytes(data)
-        events: list[Any] = []
+        events: list[Event] = []
         try:
             self._parse(buf, events)
         except RemoteProtocolError as error:
@@ -302,7 +316,7 @@ class Receiver:
                 return None
         return memoryview(data)[offset : offset + min(self._payload_left, len(data) - offset)]
 
-    def payload_received(self, size: int) -> list[Any]:
+    def payload_received(self, size: int) -> list[Event]:
         """``size`` bytes were written into the view :meth:`payload_buffer` returned."""
         incoming = self._payload_target
         if self._payload_kind != _DATA or incoming is None or not 0 < size <= self._payload_left:
@@ -310,12 +324,12 @@ class Receiver:
         self._received += size
         self._payload_left -= size
         incoming.data_left -= size
-        events: list[Any] = []
+        events: list[Event] = []
         if not incoming.data_left:
             self._data_complete(incoming, events)
         return events
 
-    def receive_eof(self) -> list[Any]:
+    def receive_eof(self) -> list[Event]:
         """The peer closed its side; reports whether that happened at a clean boundary."""
         clean = (
             self._error is None and not self._pending and not self._payload_left and not self._open
@@ -328,7 +342,7 @@ class Receiver:
         self._error = error
         self.release()
 
-    def _parse(self, buf: bytes, events: list[Any]) -> None:
+    def _parse(self, buf: bytes, events: list[Event]) -> None:
         pos = 0
         n = len(buf)
         if self._payload_left:
@@ -347,7 +361,7 @@ class Receiver:
                 return
             pos = new
 
-    def _read_connection_header(self, buf: bytes, events: list[Any]) -> int:
+    def _read_connection_header(self, buf: bytes, events: list[Event]) -> int:
         b = buf[0]
         if b & 0xFC != 0xE0:
             raise RemoteProtocolError(K.BAD_CONNECTION_HEADER, f"bad connection header {b:#04x}")
@@ -370,16 +384,8 @@ class Receiver:
         else:
             channels = 4096
         self._peer_channels = channels
-        events.append(ConnectionOpened(channels, self._on_peer_header(channels)))
+        events.append(ConnectionOpened(channels, self._sender.peer_opened(channels)))
         return need
-
-    def _on_peer_header(self, channels: int) -> int:
-        """Told when the peer's header arrived; returns how many channels we send on."""
-        raise NotImplementedError  # provided by the sender half
-
-    def _on_peer_go_away(self) -> tuple[bytes, ...]:
-        """Told when the peer sent Go Away; returns the ids of messages that will not be sent."""
-        raise NotImplementedError  # provided by the sender half
 
     def _sized(self, buf: bytes, pos: int, n: int, b: int) -> tuple[int, int]:
         """Reads the size field of a sized packet: (size, position after it) or (-need, 0)."""
@@ -476,7 +482,7 @@ class Receiver:
         incoming.data = grown
         return grown
 
-    def _data_complete(self, incoming: _Incoming, events: list[Any]) -> None:
+    def _data_complete(self, incoming: _Incoming, events: list[Event]) -> None:
         """All declared data arrived: the buffer goes to the application (the connection no
         longer holds it for the peer)."""
         data = incoming.data
@@ -509,26 +515,26 @@ class Receiver:
 
     # Packet handlers: return the position after the packet, or -(bytes the packet needs).
 
-    def _on_switch_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_switch_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         channel = b & 0x0F
         self._switch_to(channel)
         return pos + 1
 
-    def _on_switch_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_switch_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if pos + 2 > n:
             return -2
         channel = (b & 0x0F) << 8 | buf[pos + 1]
         self._switch_to(channel)
         return pos + 2
 
-    def _on_fast_reply_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_fast_reply_low(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         end = pos + 17
         if end > n:
             return -17
         events.append(_new(FastReplyReceived, (buf[pos + 1 : end], b & 0x0F)))
         return end
 
-    def _on_fast_reply_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_fast_reply_high(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         end = pos + 18
         if end > n:
             return -18
@@ -541,7 +547,7 @@ class Receiver:
     # header. Whatever does not fit that shape exactly -- including every violation -- returns
     # to the general path (_start), which also says precisely what is wrong.
 
-    def _on_message(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_message(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if pos + 20 <= n and not b & 0x0E:  # a 1-byte header size, no stream (b is 0x20 | 0x21)
             header_size, flags, id, length = _MESSAGE_START(buf, pos)
             p: int = pos + 20 + length  # after the action
@@ -569,7 +575,7 @@ class Receiver:
                     return end
         return self._start(buf, pos, n, b, events, False)
 
-    def _on_response(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_response(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if pos + 38 <= n and not b & 0x0E:  # a 1-byte header size, no stream (b is 0x50 | 0x51)
             # With data: header size 34, flags 0x40 (a 1-byte data size), the ids and the size;
             # then a Data packet with a 1-byte size.
@@ -606,7 +612,7 @@ class Receiver:
         return self._start(buf, pos, n, b, events, True)
 
     def _start(
-        self, buf: bytes, pos: int, n: int, b: int, events: list[Any], is_response: bool
+        self, buf: bytes, pos: int, n: int, b: int, events: list[Event], is_response: bool
     ) -> int:
         size, start = self._sized(buf, pos, n, b)
         if size < 0:
@@ -646,7 +652,7 @@ class Receiver:
                 return data_start + size
         return end
 
-    def _on_continue(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_continue(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b & 3:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Continue byte {b:#04x}")
         size, start = self._sized(buf, pos, n, b)
@@ -679,7 +685,7 @@ class Receiver:
                 self._announce(incoming, events, b"")
         return end
 
-    def _on_data(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_data(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b & 3:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Data byte {b:#04x}")
         size, start = self._sized(buf, pos, n, b)
@@ -701,7 +707,7 @@ class Receiver:
         self._payload_target = incoming
         return self._take_payload(buf, start, n, size, events)
 
-    def _on_stream(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_stream(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b & 3:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Stream byte {b:#04x}")
         size, start = self._sized(buf, pos, n, b)
@@ -713,7 +719,7 @@ class Receiver:
         self._payload_target = incoming
         return self._take_payload(buf, start, n, size, events)
 
-    def _on_stream_end(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_stream_end(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b != 0x80:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Stream End byte {b:#04x}")
         incoming = self._body("Stream End")
@@ -724,7 +730,7 @@ class Receiver:
             self._finish(self._channel, incoming)
         return pos + 1
 
-    def _on_file(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_file(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         size, start = self._sized(buf, pos, n, b)
         if size < 0:
             return size
@@ -746,7 +752,7 @@ class Receiver:
         self._payload_target = incoming
         return self._take_payload(buf, end, n, size, events)
 
-    def _on_file_end(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_file_end(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b & 0x0C:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad File End byte {b:#04x}")
         width = _INDEX_WIDTHS[b & 3]
@@ -768,7 +774,7 @@ class Receiver:
             self._finish(self._channel, incoming)
         return end
 
-    def _on_abort(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_abort(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b != 0x90:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Abort byte {b:#04x}")
         incoming = self._current("Abort")
@@ -781,19 +787,19 @@ class Receiver:
             events.append(Aborted(self._channel, incoming.id))
         return pos + 1
 
-    def _on_heartbeat(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_heartbeat(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b != 0xA0:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Heartbeat byte {b:#04x}")
         events.append(HeartbeatReceived())
         return pos + 1
 
-    def _on_go_away(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_go_away(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         if b != 0xB0:
             raise RemoteProtocolError(K.BAD_HEADER_BYTE, f"bad Go Away byte {b:#04x}")
-        events.append(GoAwayReceived(self._on_peer_go_away()))
+        events.append(GoAwayReceived(self._sender.peer_going_away()))
         return pos + 1
 
-    def _on_invalid(self, buf: bytes, pos: int, n: int, b: int, events: list[Any]) -> int:
+    def _on_invalid(self, buf: bytes, pos: int, n: int, b: int, events: list[Event]) -> int:
         raise RemoteProtocolError(K.UNKNOWN_PACKET, f"unknown packet type {b:#04x}")
 
     # -- helpers for the channel state machine ------------------------------------------------
@@ -839,7 +845,7 @@ class Receiver:
             )
         return left
 
-    def _take_payload(self, buf: bytes, pos: int, n: int, size: int, events: list[Any]) -> int:
+    def _take_payload(self, buf: bytes, pos: int, n: int, size: int, events: list[Event]) -> int:
         """Consumes up to ``size`` payload bytes of the current Data/Stream/File packet."""
         take = n - pos
         if take >= size:
@@ -871,7 +877,7 @@ class Receiver:
                 events.append(FileChunkReceived(channel, incoming.id, self._payload_index, chunk))
         return end
 
-    def _announce(self, incoming: _Incoming, events: list[Any], data: bytes | bytearray) -> None:
+    def _announce(self, incoming: _Incoming, events: list[Event], data: bytes | bytearray) -> None:
         channel = self._channel
         if incoming.is_response:
             events.append(

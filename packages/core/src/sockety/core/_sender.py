@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 from collections.abc import Sequence
+from typing import final
 
 from ._constants import MAX_CHANNELS, MAX_FAST_REPLY_CODE
 from ._encoding import (
@@ -48,7 +49,6 @@ from ._encoding import (
     switch_packet,
 )
 from ._errors import GoingAwayError, LocalProtocolError
-from ._receiver import Receiver
 
 __all__ = ["Sender"]
 
@@ -102,11 +102,12 @@ def _as_bytes(text: str | bytes) -> bytes:
     return text.encode() if isinstance(text, str) else text
 
 
-class Sender(Receiver):
+@final
+class Sender:
     """Turns calls into bytes: the sending half of :class:`~sockety.core.Connection`.
 
-    It extends the receiving half only to form one chain of single inheritance, which the
-    compiled build (mypyc) requires; the two halves share no state.
+    It shares no state with the receiving half, which only tells it what the peer's connection
+    header and Go Away change (``peer_opened``, ``peer_going_away``).
     """
 
     def __init__(self, *, channels: int, send_channels: int, max_packet_size: int) -> None:
@@ -531,9 +532,11 @@ class Sender(Receiver):
             self._going_away = True
             self._out.append(TYPE_GO_AWAY)
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- told by the receiving half -----------------------------------------------------------
 
-    def _on_peer_header(self, channels: int) -> int:
+    def peer_opened(self, channels: int) -> int:
+        """The peer's connection header arrived: it receives on ``channels``. Returns how many
+        channels we send on; messages waiting for it start."""
         count = min(self._send_limit, channels)
         self._send_channels = count
         self._busy = bytearray(count)
@@ -541,7 +544,9 @@ class Sender(Receiver):
         self._start_waiting()
         return count
 
-    def _on_peer_go_away(self) -> tuple[bytes, ...]:
+    def peer_going_away(self) -> tuple[bytes, ...]:
+        """The peer sent Go Away: no new message starts. Returns the ids of our messages still
+        waiting for a channel, which now will never be sent (Decision 2)."""
         self._peer_going_away = True
         unsent = tuple(o.id for o in self._waiting if o.is_message)
         if unsent:
@@ -550,6 +555,8 @@ class Sender(Receiver):
                 self._queued -= outgoing.queued
             self._waiting = deque(o for o in self._waiting if not o.is_message)
         return unsent
+
+    # -- internals ----------------------------------------------------------------------------
 
     def _get(self, id: bytes) -> _Outgoing:
         outgoing = self._outgoing.get(id)

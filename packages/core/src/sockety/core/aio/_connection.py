@@ -36,6 +36,7 @@ from mypy_extensions import mypyc_attr
 from .. import _connection as _core
 from .._budget import MemoryPool
 from .._errors import ConnectionClosedError, ConnectionLostError
+from .._events import ConnectionClosed
 from .._ids import new_id
 from ._dispatch import Dispatch, Handler
 from ._drafts import Outgoing
@@ -390,10 +391,10 @@ class Connection(asyncio.BufferedProtocol):
         port = self._port
         raw_id = new_id()
         port.send_message(raw_id, message, True)
-        request = (_MultiRequest if multiple else Request)(port, raw_id, message.stream)
+        request = (_MultiRequest if multiple else Request)(
+            port, raw_id, message.stream, message.files
+        )
         port.requests[raw_id] = request
-        if message.files:
-            request._send_files(message.files)
         self._output.schedule_flush()
         return request
 
@@ -459,7 +460,7 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         ended = self._core.receive_eof()
         # The core says whether the stream ended at a boundary (ConnectionClosed.clean).
-        self._eof_clean = bool(ended) and bool(ended[0].clean)
+        self._eof_clean = any(isinstance(e, ConnectionClosed) and e.clean for e in ended)
         if not self._dispatch.running or self._port.error is not None or self.tls:
             return False  # (TLS cannot half-close)
         # The peer shut its side down after its requests: their running handlers still

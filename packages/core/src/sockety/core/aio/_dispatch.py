@@ -31,7 +31,7 @@ from typing import Any, final
 
 from .. import _connection as _core
 from .._constants import FastReply
-from .._errors import AbortedError, ConnectionClosedError, GoingAwayError
+from .._errors import ConnectionClosedError, GoingAwayError
 from .._events import (
     Aborted,
     ConnectionClosed,
@@ -256,15 +256,13 @@ class Dispatch:
         if not action and expects_response:  # ping(): answered here, at once
             self._core.send_fast_reply(raw_id, FastReply.ACCEPT)
             if has_stream or files:  # (not a ping of ours: whatever it carries is dropped)
-                ignored = Message(port, raw_id, expects_response, data)
-                ignored._attach(has_stream, files)
+                ignored = Message(port, raw_id, expects_response, data, has_stream, files)
                 self._receiving[raw_id] = ignored
                 ignored.discard()
             return
-        message = Message(port, raw_id, expects_response, data)
+        message = Message(port, raw_id, expects_response, data, has_stream, files)
         message.action = action
         if has_stream or files:
-            message._attach(has_stream, files)
             self._receiving[raw_id] = message
         handler = self._handler
         if handler is None:
@@ -293,12 +291,8 @@ class Dispatch:
         if result is None:
             return
         if type(result) is int or isinstance(result, int):
-            if message.expects_response and not message._answered:
-                # message.fast_reply(), inlined: we are inside data_received, the flush follows.
-                message._answered = True
-                self._core.send_fast_reply(message._raw_id, result)
-                counts = self._port.fast_replies_sent
-                counts[result] = counts.get(result, 0) + 1
+            if message.expects_response and not message.answered:
+                message.answer_with(result)  # written with the rest of the read's answers
         elif inspect.isawaitable(result):
             task = self._loop.create_task(self._run_handler(message, result))
             self._tasks.add(task)
@@ -315,7 +309,7 @@ class Dispatch:
         if (
             isinstance(code, int)
             and message.expects_response
-            and not message._answered
+            and not message.answered
             and self._port.error is None
         ):
             message.fast_reply(code)
@@ -335,31 +329,21 @@ class Dispatch:
 
     def _handler_failed(self, message: Message, error: BaseException) -> None:
         logger.error("handler for %r failed", message.action, exc_info=error)
-        if message.expects_response and not message._answered and self._port.error is None:
+        if message.expects_response and not message.answered and self._port.error is None:
             message.fast_reply(5)  # InternalError
 
     def _on_response(self, event: ResponseReceived) -> None:
         _, parent_id, raw_id, expects_response, has_stream, files, data = event
         port = self._port
-        response = Response(port, raw_id, expects_response, data)
-        response._parent_id = parent_id
+        response = Response(port, parent_id, raw_id, expects_response, data, has_stream, files)
         if has_stream or files:
-            response._attach(has_stream, files)
             self._receiving[raw_id] = response
-        requests = port.requests
-        request = requests.get(parent_id)
-        if request is None:
+        request = port.requests.get(parent_id)
+        if request is None:  # unknown, or answered already
             self._orphan(response)
             return
-        if request._multiple:
-            request._deliver(response)
-        else:
-            del requests[parent_id]
-            future = request._future
-            if not future.done():
-                future.set_result(response)
-            else:  # nobody waits for it (cancelled)
-                self._orphan(response)
+        if not request.deliver(response):  # nobody waits for it (cancelled)
+            self._orphan(response)
         if self.closing:
             self.check_idle()
 
@@ -371,54 +355,41 @@ class Dispatch:
             response.discard()
 
     def _on_fast_reply(self, event: FastReplyReceived) -> None:
-        requests = self._port.requests
-        request = requests.pop(event.id, None)
+        request = self._port.requests.get(event.id)
         if request is not None:
             code = event.code
             # Any: anything typed int (FastReply | int is int) is a plain int in compiled code.
             reply: Any = code
             if code < _KNOWN_COUNT:
                 reply = _KNOWN_CODES[code]
-            future = request._future
-            if request._multiple:
-                requests[event.id] = request  # it listens on until closed
-                request._deliver(reply)
-            elif not future.done():
-                future.set_result(reply)
+            request.deliver(reply)
             if self.closing:
                 self.check_idle()
 
     def _on_stream_chunk(self, event: StreamChunkReceived) -> None:
         target = self._receiving.get(event.id)
-        if target is not None and target.stream is not None and not target._discarded:
-            target.stream._feed(event.chunk)
+        if target is not None:
+            target.feed_stream(event.chunk)
 
     def _on_stream_end(self, event: StreamEnded) -> None:
         target = self._receiving.get(event.id)
-        if target is not None and target.stream is not None:
-            target.stream._end()
-            if not target._unfinished():
-                del self._receiving[event.id]
+        if target is not None and target.end_stream():
+            del self._receiving[event.id]
 
     def _on_file_chunk(self, event: FileChunkReceived) -> None:
         target = self._receiving.get(event.id)
-        if target is not None and not target._discarded:
-            target.files[event.file_index]._feed(event.chunk)
+        if target is not None:
+            target.feed_file(event.file_index, event.chunk)
 
     def _on_file_end(self, event: FileEnded) -> None:
         target = self._receiving.get(event.id)
-        if target is not None:
-            target.files[event.file_index]._end()
-            if not target._unfinished():
-                del self._receiving[event.id]
+        if target is not None and target.end_file(event.file_index):
+            del self._receiving[event.id]
 
     def _on_aborted(self, event: Aborted) -> None:
         target = self._receiving.pop(event.id, None)
-        if target is None:
-            return
-        target._abort(AbortedError("aborted by the peer", by_peer=True))
-        for reply in target._replies or ():
-            reply.abort()  # our answers to an aborted message are cancelled too
+        if target is not None:
+            target.peer_aborted()  # its readers fail, and our answers to it are aborted
 
     def _ignore(self, event: object) -> None:
         pass
@@ -428,7 +399,9 @@ class Dispatch:
         for raw_id in event.unsent:
             request = requests.pop(raw_id, None)
             if request is not None:
-                request._fail(GoingAwayError("the peer is going away; the message was not sent"))
+                request.set_exception(
+                    GoingAwayError("the peer is going away; the message was not sent")
+                )
         self.on_go_away()
 
     # -- receiving without a handler -----------------------------------------------------------
@@ -455,10 +428,10 @@ class Dispatch:
         port = self._port
         requests, port.requests = port.requests, {}
         for request in requests.values():
-            request._fail(error)
+            request.set_exception(error)
         receiving, self._receiving = self._receiving, {}
         for incoming in receiving.values():
-            incoming._abort(error)
+            incoming.set_exception(error)
 
     def close(self, error: ConnectionClosedError) -> None:
         """The connection ended for ``error``: everything still pending fails with it."""

@@ -51,10 +51,15 @@ class Incoming:
     )
 
     def __init__(
-        self, port: RequestPort, raw_id: bytes, expects_response: bool, data: bytes | bytearray
+        self,
+        port: RequestPort,
+        raw_id: bytes,
+        expects_response: bool,
+        data: bytes | bytearray,
+        has_stream: bool,
+        files: tuple[FileHeader, ...],
     ) -> None:
-        # One frame per arrival: the connection sets the subclass's own field after it, and
-        # attaches a stream and files when there are any.
+        # One frame per arrival: the connection sets a Message's action after it.
         self._port = port
         self._owner = port.owner  # the connection (the port forgets it once closed)
         self._raw_id = raw_id
@@ -66,15 +71,9 @@ class Incoming:
         self._discarded = False
         self._replies: list[Transfer] | None = None  # replies aborted if the peer aborts it
         #: The attached stream, or None.
-        self.stream: IncomingStream | None = None
+        self.stream: IncomingStream | None = IncomingStream(port) if has_stream else None
         #: The attached files, in order.
-        self.files: tuple[ReceivedFile, ...] = ()
-
-    def _attach(self, has_stream: bool, files: tuple[FileHeader, ...]) -> None:
-        if has_stream:
-            self.stream = IncomingStream(self._port)
-        if files:
-            self.files = _received_files(self._port, files)
+        self.files: tuple[ReceivedFile, ...] = _received_files(port, files) if files else ()
 
     @property
     def id(self) -> uuid.UUID:
@@ -120,18 +119,60 @@ class Incoming:
             error = AbortedError("discarded by this side", by_peer=False)
             for reader in (self.stream, *self.files):
                 if reader is not None:
-                    reader._drop(error)
+                    reader.drop(error)
 
-    def _abort(self, error: BaseException) -> None:
+    # -- the connection's side: called as the peer's bytes arrive (not for applications) -----
+
+    def answer_with(self, code: int) -> None:
+        """The handler returned ``code``: its fast reply, queued with the other answers of the
+        read being handled (the connection writes them together)."""
+        self._answered = True
+        self._port.queue_fast_reply(self._raw_id, code)
+
+    @property
+    def discarded(self) -> bool:
+        """Whether ``discard()`` was called."""
+        return self._discarded
+
+    @property
+    def complete(self) -> bool:
+        """Whether its stream and every file ended (all arrived, or failed)."""
+        return (self.stream is None or self.stream.ended) and all(file.ended for file in self.files)
+
+    def feed_stream(self, chunk: bytes) -> None:
+        """A chunk of its stream arrived (dropped once discarded)."""
+        if self.stream is not None and not self._discarded:
+            self.stream.feed_data(chunk)
+
+    def end_stream(self) -> bool:
+        """Its stream ended; returns whether it is complete now."""
+        if self.stream is None:
+            return False
+        self.stream.feed_eof()
+        return self.complete
+
+    def feed_file(self, index: int, chunk: bytes) -> None:
+        """A chunk of file ``index`` arrived (dropped once discarded)."""
+        if not self._discarded:
+            self.files[index].feed_data(chunk)
+
+    def end_file(self, index: int) -> bool:
+        """File ``index`` ended; returns whether it is complete now."""
+        self.files[index].feed_eof()
+        return self.complete
+
+    def set_exception(self, error: BaseException) -> None:
+        """The rest will not arrive: its stream and files raise ``error`` (after their chunks)."""
         if self.stream is not None:
-            self.stream._fail(error)
+            self.stream.set_exception(error)
         for file in self.files:
-            file._fail(error)
+            file.set_exception(error)
 
-    def _unfinished(self) -> bool:
-        return (self.stream is not None and not self.stream._done) or any(
-            not file._done for file in self.files
-        )
+    def peer_aborted(self) -> None:
+        """The peer aborted it: its readers fail, and so do our answers to it."""
+        self.set_exception(AbortedError("aborted by the peer", by_peer=True))
+        for reply in self._replies or ():
+            reply.abort()
 
 
 def _received_files(port: RequestPort, files: tuple[FileHeader, ...]) -> tuple[ReceivedFile, ...]:
@@ -159,7 +200,18 @@ class Response(Incoming):
 
     __slots__ = ("_parent_id",)
 
-    _parent_id: bytes
+    def __init__(
+        self,
+        port: RequestPort,
+        parent_id: bytes,
+        raw_id: bytes,
+        expects_response: bool,
+        data: bytes | bytearray,
+        has_stream: bool,
+        files: tuple[FileHeader, ...],
+    ) -> None:
+        super().__init__(port, raw_id, expects_response, data, has_stream, files)
+        self._parent_id = parent_id
 
     @property
     def parent_id(self) -> uuid.UUID:
@@ -174,13 +226,21 @@ class Transfer:
 
     __slots__ = ("_error", "_port", "_pump", "_raw_id", "stream")
 
-    def __init__(self, port: RequestPort, raw_id: bytes, has_stream: bool) -> None:
+    def __init__(
+        self,
+        port: RequestPort,
+        raw_id: bytes,
+        has_stream: bool,
+        files: tuple[FileTransfer, ...] = (),
+    ) -> None:
         self._port = port
         self._raw_id = raw_id
         self._error: BaseException | None = None
         self._pump: asyncio.Task[None] | None = None
         #: The stream we write, or None.
         self.stream: OutgoingStream | None = OutgoingStream(port, raw_id) if has_stream else None
+        if files:
+            self._send_files(files)
 
     @property
     def id(self) -> uuid.UUID:
@@ -211,7 +271,7 @@ class Transfer:
         error = AbortedError("aborted by this side", by_peer=False)
         self._error = error
         if self.stream is not None:
-            self.stream._error = error
+            self.stream.set_exception(error)
         if self._pump is not None:
             self._pump.cancel()
         self._aborted(error)
@@ -255,9 +315,13 @@ class Request(Transfer):
 
     __slots__ = ("_future",)
 
-    _multiple = False  # request(..., multiple=True) makes a _MultiRequest
-
-    def __init__(self, port: RequestPort, raw_id: bytes, has_stream: bool) -> None:
+    def __init__(
+        self,
+        port: RequestPort,
+        raw_id: bytes,
+        has_stream: bool,
+        files: tuple[FileTransfer, ...] = (),
+    ) -> None:
         # Transfer.__init__, inlined: this runs for every request.
         self._port = port
         self._raw_id = raw_id
@@ -265,12 +329,23 @@ class Request(Transfer):
         self._pump = None
         self.stream = OutgoingStream(port, raw_id) if has_stream else None
         self._future: asyncio.Future[Response | int] = port.loop.create_future()
+        if files:
+            self._send_files(files)
 
-    def _deliver(self, reply: Response | int) -> None:
-        if not self._future.done():
-            self._future.set_result(reply)
+    # -- the connection's side: called as replies arrive (not for applications) -------------
 
-    def _fail(self, error: BaseException) -> None:
+    def deliver(self, reply: Response | int) -> bool:
+        """A reply arrived; returns whether it was taken (False: nobody waits for it any more,
+        an orphan). A single-reply request is answered once and stops listening."""
+        self._port.forget_request(self._raw_id)
+        future = self._future
+        if future.done():
+            return False
+        future.set_result(reply)
+        return True
+
+    def set_exception(self, error: BaseException) -> None:
+        """It failed: awaiting it raises ``error`` (its file pump stops)."""
         self._error = error
         future = self._future
         if not future.done():
@@ -281,10 +356,10 @@ class Request(Transfer):
 
     def _aborted(self, error: BaseException) -> None:
         self._port.forget_request(self._raw_id)
-        self._fail(error)
+        self.set_exception(error)
 
     def _pump_failed(self, error: BaseException) -> None:
-        self._fail(error)
+        self.set_exception(error)
 
     def __await__(self) -> Generator[Any, None, Response | int]:
         return self._future.__await__()
@@ -316,32 +391,53 @@ class _MultiRequest(Request):
 
     __slots__ = ("_closed", "_queue", "_waiter")
 
-    _multiple = True
-
-    def __init__(self, port: RequestPort, raw_id: bytes, has_stream: bool) -> None:
-        super().__init__(port, raw_id, has_stream)
+    def __init__(
+        self,
+        port: RequestPort,
+        raw_id: bytes,
+        has_stream: bool,
+        files: tuple[FileTransfer, ...] = (),
+    ) -> None:
         self._queue: deque[Response | int] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        super().__init__(port, raw_id, has_stream, files)
 
-    def _deliver(self, reply: Response | int) -> None:
+    def deliver(self, reply: Response | int) -> bool:
+        """A reply arrived: the first answers it, later ones queue for ``responses()``; it
+        listens on until closed."""
         if not self._future.done():
             self._future.set_result(reply)
-            return
+            return True
         self._queue.append(reply)
         self._wake()
+        return True
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, error: BaseException) -> None:
-        super()._fail(error)
+    def set_exception(self, error: BaseException) -> None:
+        super().set_exception(error)
         self._wake()
 
     def responses(self) -> AsyncIterator[Response | int]:
         return _Replies(self)
+
+    async def first_reply(self) -> Response | int:
+        return await self._future
+
+    async def next_reply(self) -> Response | int | None:
+        """The next queued reply; None once closed (raises why it failed, if it did)."""
+        while not self._queue:
+            if self._closed or self._error is not None:
+                if self._error is not None and not self._closed:
+                    raise self._error
+                return None
+            self._waiter = self._port.loop.create_future()
+            await self._waiter
+        return self._queue.popleft()
 
     def close(self) -> None:
         self._closed = True
@@ -365,15 +461,11 @@ class _Replies:
         request = self._request
         if self._first:
             self._first = False
-            return await request._future
-        while not request._queue:
-            if request._closed or request._error is not None:
-                if request._error is not None and not request._closed:
-                    raise request._error
-                raise StopAsyncIteration
-            request._waiter = request._port.loop.create_future()
-            await request._waiter
-        return request._queue.popleft()
+            return await request.first_reply()
+        reply = await request.next_reply()
+        if reply is None:
+            raise StopAsyncIteration
+        return reply
 
 
 #: The port of a connection whose request table holds :class:`Request` objects.
@@ -396,12 +488,12 @@ def start(
     else:
         port.send_response(parent_id, raw_id, outgoing, expects_response)
     if expects_response and parent_id is None:
-        request = (_MultiRequest if multiple else Request)(port, raw_id, outgoing.stream)
+        request = (_MultiRequest if multiple else Request)(
+            port, raw_id, outgoing.stream, outgoing.files
+        )
         port.requests[raw_id] = request
         transfer: Transfer = request
     else:
-        transfer = Transfer(port, raw_id, outgoing.stream)
-    if outgoing.files:
-        transfer._send_files(outgoing.files)
+        transfer = Transfer(port, raw_id, outgoing.stream, outgoing.files)
     port.flush()
     return transfer

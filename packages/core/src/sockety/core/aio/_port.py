@@ -114,10 +114,15 @@ class Port(Generic[R]):
 
     def send_fast_reply(self, raw_id: bytes, code: int) -> None:
         self.check_open()
+        self.queue_fast_reply(raw_id, code)
+        self._output.schedule_flush()
+
+    def queue_fast_reply(self, raw_id: bytes, code: int) -> None:
+        """Queues a fast reply without a flush (while a read is handled: written with the
+        read's other answers)."""
         self._core.send_fast_reply(raw_id, code)
         counts = self.fast_replies_sent
         counts[code] = counts.get(code, 0) + 1
-        self._output.schedule_flush()
 
     def send_stream(self, raw_id: bytes, chunk: bytes) -> None:
         self.check_open()

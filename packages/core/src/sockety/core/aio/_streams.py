@@ -43,7 +43,15 @@ class IncomingStream:
         """True once the stream ended and every chunk was read."""
         return self._done and not self._chunks
 
-    def _feed(self, chunk: bytes) -> None:
+    # -- the connection's side: called as the peer's bytes arrive (not for applications) -----
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream ended: all of it arrived, or it failed (chunks may be unread)."""
+        return self._done
+
+    def feed_data(self, chunk: bytes) -> None:
+        """A chunk arrived (it counts for flow control until read)."""
         chunks = self._chunks
         if chunks is None:
             chunks = self._chunks = deque()
@@ -52,23 +60,25 @@ class IncomingStream:
         self._port.received(len(chunk))
         self._wake()
 
-    def _end(self) -> None:
+    def feed_eof(self) -> None:
+        """The stream ended."""
         self._done = True
         self._wake()
 
-    def _fail(self, error: BaseException) -> None:
+    def set_exception(self, error: BaseException) -> None:
+        """The stream will not end: ``error`` is raised after the chunks that arrived."""
         if not self._done:
             self._error = error
             self._done = True
             self._wake()
 
-    def _drop(self, error: BaseException) -> None:
+    def drop(self, error: BaseException) -> None:
         """Discards what is buffered (releasing it from flow control) and fails the reader."""
         chunks = self._chunks
         if chunks:
             self._port.consumed(sum(map(len, chunks)))
             chunks.clear()
-        self._fail(error)
+        self.set_exception(error)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -140,6 +150,11 @@ class OutgoingStream:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    def set_exception(self, error: BaseException) -> None:
+        """The exchange was aborted: writing raises ``error`` from now on (the connection's
+        side; not for applications)."""
+        self._error = error
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
