@@ -190,10 +190,14 @@ class Server:
         backlog: int = 1024,
     ) -> None:
         loop = asyncio.get_running_loop()
-        # Plain TCP: each connection runs its TLS handshake itself, after admission.
+        # Plain TCP: each connection runs its TLS handshake itself, after admission. The
+        # sockets are bound at once but accept only once the cluster link (if any) is up: a
+        # peer that reached a server still joining its cluster would see a server that is
+        # not one of them yet (and, with reuse_port workers, the kernel sends peers only to
+        # workers that accept).
         if sock is not None:
             self._server = await loop.create_server(
-                self._make_connection, sock=sock, backlog=backlog
+                self._make_connection, sock=sock, backlog=backlog, start_serving=False
             )
         else:
             self._server = await loop.create_server(
@@ -202,15 +206,17 @@ class Server:
                 port,
                 reuse_port=reuse_port or None,
                 backlog=backlog,
+                start_serving=False,
             )
         self._addresses = [sock.getsockname() for sock in self._server.sockets]
-        logger.info("listening on %s", ", ".join(map(_format, self._addresses)))
         if self._cluster is not None:
             try:
                 await self._cluster.start(self)
             except BaseException:
                 self._server.close()  # no cluster, no server: the caller asked for both
                 raise
+        await self._server.start_serving()
+        logger.info("listening on %s", ", ".join(map(_format, self._addresses)))
 
     def _make_connection(self) -> Connection:
         connection = _ServerConnection(self, self._registry, self._handler, **self._options)
